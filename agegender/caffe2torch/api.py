@@ -1,0 +1,40 @@
+"""The one-call entry point: ``load(prototxt, caffemodel) -> CaffeNet``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+from ..prototxt.files import read_caffemodel, read_net
+from .ir import NetState, build_ir
+from .net import CaffeNet
+from .weights import WeightsReport, load_weights
+
+
+def load(
+    prototxt: str | Path,
+    caffemodel: str | Path | None = None,
+    *,
+    phase: str = "TEST",
+    stages: Sequence[str] = (),
+    level: int = 0,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    allow_missing: bool = False,
+) -> CaffeNet:
+    """Read a Caffe net (deploy or train_val, V1 or V2) and its weights as a :class:`CaffeNet`.
+
+    ``phase`` selects layers as Caffe's NetState does (TEST: dropout off, test data layer). Without a
+    caffemodel the parameters are allocated but hold no values: fill them (e.g. ``init_seeded``) before
+    use. The :class:`WeightsReport` of the load is kept on ``net.weights_report``.
+    """
+    net_def = read_net(prototxt)
+    ir = build_ir(net_def, str(prototxt), NetState(phase=phase, level=level, stages=tuple(stages)))
+    net = CaffeNet(ir, input_shapes)
+    net.net_def = net_def
+    net.weights_report = None
+    if caffemodel is not None:
+        net.weights_report = load_weights(net, read_caffemodel(caffemodel), allow_missing=allow_missing)
+    return net
+
+
+__all__ = ["WeightsReport", "load"]

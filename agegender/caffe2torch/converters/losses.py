@@ -1,0 +1,109 @@
+"""Accuracy and SoftmaxWithLoss, with Caffe's tie rule, ignore_label and normalization modes.
+
+They appear in train_val nets; in a deploy net they are absent. Both take Caffe's float label blob.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..ir import LayerIR, Shape
+from ..registry import Converted, register
+from ._util import canonical_axis, check_bottoms, count
+
+_FLT_MIN = torch.finfo(torch.float32).tiny
+
+
+def _labels(layer: LayerIR, shapes: list[Shape], axis: int) -> None:
+    outer, inner = count(shapes[0], 0, axis), count(shapes[0], axis + 1)
+    if count(shapes[1]) != outer * inner:
+        raise layer.error(
+            f"label blob has {count(shapes[1])} values but the prediction {list(shapes[0])} needs "
+            f"{outer * inner} (outer x inner around axis {axis})"
+        )
+
+
+class Accuracy(nn.Module):
+    """Fraction of labels whose score has fewer than ``top_k`` strictly higher scores (ties count as hits)."""
+
+    def __init__(self, axis: int, top_k: int, ignore_label: int | None) -> None:
+        super().__init__()
+        self.axis, self.top_k, self.ignore_label = axis, top_k, ignore_label
+
+    def forward(self, scores: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        classes = scores.shape[self.axis]
+        s = scores.movedim(self.axis, -1).reshape(-1, classes)
+        lab = label.reshape(-1).long()
+        valid = torch.ones_like(lab, dtype=torch.bool)
+        if self.ignore_label is not None:
+            valid = lab != self.ignore_label
+        safe = torch.where(valid, lab, torch.zeros_like(lab)).clamp(0, classes - 1)
+        true_score = s.gather(1, safe[:, None])
+        better = (s > true_score).sum(1)
+        hit = (better < self.top_k) & valid
+        n_valid = valid.sum()
+        return torch.where(n_valid > 0, hit.sum().to(s.dtype) / n_valid.clamp(min=1).to(s.dtype),
+                           torch.zeros((), dtype=s.dtype))
+
+
+@register("Accuracy")
+def convert_accuracy(layer: LayerIR, shapes: list[Shape]) -> Converted:
+    check_bottoms(layer, shapes, 2)
+    p = layer.param.accuracy_param
+    axis = canonical_axis(layer, int(p.axis), len(shapes[0]))
+    _labels(layer, shapes, axis)
+    if int(p.top_k) > shapes[0][axis]:
+        raise layer.error(f"top_k {p.top_k} is larger than the number of classes {shapes[0][axis]}")
+    if len(layer.tops) > 1:
+        raise layer.error("the per-class accuracy top is not supported")
+    ignore = int(p.ignore_label) if p.has("ignore_label") else None
+    return Converted(Accuracy(axis, int(p.top_k), ignore), [()])
+
+
+class SoftmaxWithLoss(nn.Module):
+    """Caffe's SoftmaxWithLoss: ``-sum(log(max(p[label], FLT_MIN))) / normalizer``."""
+
+    def __init__(self, axis: int, ignore_label: int | None, normalization: str) -> None:
+        super().__init__()
+        self.axis, self.ignore_label, self.normalization = axis, ignore_label, normalization
+
+    def forward(self, scores: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        classes = scores.shape[self.axis]
+        logp = torch.log_softmax(scores, dim=self.axis).movedim(self.axis, -1).reshape(-1, classes)
+        lab = label.reshape(-1).long()
+        valid = torch.ones_like(lab, dtype=torch.bool)
+        if self.ignore_label is not None:
+            valid = lab != self.ignore_label
+        safe = torch.where(valid, lab, torch.zeros_like(lab))
+        picked = logp.gather(1, safe[:, None])[:, 0].clamp(min=float(torch.log(torch.tensor(_FLT_MIN))))
+        loss = -(picked * valid.to(picked.dtype)).sum()
+        outer = scores.shape[: self.axis].numel()
+        total = lab.numel()
+        if self.normalization == "FULL":
+            norm = torch.tensor(float(total))
+        elif self.normalization == "VALID":
+            norm = valid.sum().to(loss.dtype) if self.ignore_label is not None else torch.tensor(float(total))
+        elif self.normalization == "BATCH_SIZE":
+            norm = torch.tensor(float(outer))
+        else:
+            norm = torch.tensor(1.0)
+        return loss / norm.to(loss.dtype).clamp(min=1.0)
+
+
+@register("SoftmaxWithLoss")
+def convert_softmax_with_loss(layer: LayerIR, shapes: list[Shape]) -> Converted:
+    check_bottoms(layer, shapes, 2)
+    axis = canonical_axis(layer, int(layer.param.softmax_param.axis), len(shapes[0]))
+    _labels(layer, shapes, axis)
+    lp = layer.param.loss_param
+    if lp.has("normalization"):
+        normalization = lp.normalization
+    elif lp.has("normalize"):
+        normalization = "VALID" if lp.normalize else "BATCH_SIZE"
+    else:
+        normalization = "VALID"
+    ignore = int(lp.ignore_label) if lp.has("ignore_label") else None
+    if len(layer.tops) > 1:
+        raise layer.error("the second (probabilities) top of SoftmaxWithLoss is not supported")
+    return Converted(SoftmaxWithLoss(axis, ignore, normalization), [()])

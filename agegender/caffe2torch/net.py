@@ -1,0 +1,185 @@
+"""``CaffeNet``: a Caffe net rebuilt as a real ``torch.nn.Module``.
+
+Its submodules are named after Caffe's layers (``net.conv1``, ``net.get_submodule("inception_3a/1x1")``),
+so its ``state_dict`` keys are ``"conv1.weight"``, ``"conv1.bias"``... Its forward runs the layers in
+Caffe's order over named blobs; in-place layers overwrite their blob as in Caffe, so asking for
+``outputs=["fc6"]`` gives ``fc6`` after ``relu6`` and ``drop6``, exactly what Caffe holds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import AgegenderError, NetDefinitionError
+from .ir import LayerIR, NetIR, Shape
+from .registry import converter_for
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """What the net knows of one converted layer (for inspect, cards and reports)."""
+
+    name: str
+    type: str
+    module_name: str | None  # None for input layers
+    bottoms: tuple[str, ...]
+    tops: tuple[str, ...]
+    out_shapes: tuple[Shape, ...]
+    caffe_blobs: tuple[str, ...]
+    line: int | None
+
+
+def _module_key(name: str, taken: set[str], net: nn.Module) -> str:
+    """Caffe's layer name as a submodule name: '.' is not allowed by torch, so it becomes '_'."""
+    key = name.replace(".", "_") or "layer"
+    base, i = key, 1
+    while key in taken or (hasattr(net, key) and key not in net._modules):
+        key = f"{base}_{i}"
+        i += 1
+    taken.add(key)
+    return key
+
+
+class CaffeNet(nn.Module):
+    """A Caffe net as a PyTorch module, built from a :class:`NetIR`.
+
+    ``input_shapes`` overrides the declared shape of any input blob (e.g. ``{"data": (10, 3, 227, 227)}``);
+    the batch size is free at run time either way. Nets built for the TEST phase start in ``eval()`` mode
+    (dropout off), as Caffe's TEST nets do.
+    """
+
+    def __init__(self, ir: NetIR, input_shapes: Mapping[str, Sequence[int]] | None = None) -> None:
+        super().__init__()
+        self.ir = ir
+        self.net_name = ir.name
+        overrides = {k: tuple(int(d) for d in v) for k, v in (input_shapes or {}).items()}
+        shapes: dict[str, Shape] = {}
+        self.input_names: list[str] = []
+        self.layer_info: list[LayerInfo] = []
+        self._plan: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+        taken: set[str] = set()
+        for layer in ir.layers:
+            bottom_shapes = [shapes[b] for b in layer.bottoms]
+            for b, s in zip(layer.bottoms, bottom_shapes):
+                if s == ():
+                    raise NetDefinitionError(
+                        f"the shape of input blob '{b}' is unknown", path=ir.path, layer=layer.name,
+                        hint=f"give it, e.g. input_shapes={{'{b}': (1, 3, 227, 227)}}",
+                    )
+            converted = converter_for(layer)(layer, bottom_shapes)
+            if len(converted.out_shapes) != len(layer.tops):
+                raise layer.error(f"produces {len(converted.out_shapes)} blob(s) but names {len(layer.tops)} top(s)")
+            out_shapes = list(converted.out_shapes)
+            if converted.role == "input":
+                for i, top in enumerate(layer.tops):
+                    if top in overrides:
+                        out_shapes[i] = overrides[top]
+                    self.input_names.append(top)
+                module_name = None
+            else:
+                assert converted.module is not None
+                module_name = _module_key(layer.name, taken, self)
+                self.add_module(module_name, converted.module)
+                self._plan.append((module_name, tuple(layer.bottoms), tuple(layer.tops)))
+            for top, shape in zip(layer.tops, out_shapes):
+                shapes[top] = tuple(shape)
+            self.layer_info.append(LayerInfo(
+                name=layer.name, type=layer.type, module_name=module_name, bottoms=tuple(layer.bottoms),
+                tops=tuple(layer.tops), out_shapes=tuple(tuple(s) for s in out_shapes),
+                caffe_blobs=tuple(converted.caffe_blobs), line=layer.line,
+            ))
+        unknown = set(overrides) - set(self.input_names)
+        if unknown:
+            raise AgegenderError(f"input_shapes names no input of the net: {sorted(unknown)} "
+                                 f"(inputs: {self.input_names})", path=ir.path)
+        self.blob_shapes: dict[str, Shape] = shapes
+        self.output_names: list[str] = [o for o in ir.outputs if o not in self.input_names]
+        if ir.state.phase == "TEST":
+            self.eval()
+
+    # --- introspection ----------------------------------------------------------------------------
+    def layer(self, name: str) -> LayerInfo:
+        for info in self.layer_info:
+            if info.name == name:
+                return info
+        raise KeyError(name)
+
+    def layer_module(self, name: str) -> nn.Module:
+        """The submodule of Caffe layer ``name``."""
+        info = self.layer(name)
+        if info.module_name is None:
+            raise KeyError(f"layer {name!r} is an input layer and has no module")
+        return self._modules[info.module_name]  # type: ignore[return-value]
+
+    def parameter_layers(self) -> list[LayerInfo]:
+        """Layers that carry Caffe blobs (weights), in net order."""
+        return [info for info in self.layer_info if info.caffe_blobs]
+
+    def caffe_tensors(self, name: str) -> list[torch.Tensor]:
+        """The tensors of layer ``name`` in Caffe's blob order."""
+        info = self.layer(name)
+        module = self.layer_module(name)
+        return [getattr(module, attr) for attr in info.caffe_blobs]
+
+    # --- running ----------------------------------------------------------------------------------
+    def _bind(self, args: tuple[torch.Tensor, ...], kwargs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if len(args) > len(self.input_names):
+            raise TypeError(f"{len(args)} inputs given, the net has {len(self.input_names)}: {self.input_names}")
+        blobs = dict(zip(self.input_names, args))
+        for key, value in kwargs.items():
+            if key not in self.input_names:
+                raise TypeError(f"unknown input {key!r}; the net's inputs are {self.input_names}")
+            blobs[key] = value
+        return blobs
+
+    def run(
+        self, *args: torch.Tensor, record_layers: bool = False, **kwargs: torch.Tensor
+    ) -> tuple[dict[str, torch.Tensor], dict[str, list[torch.Tensor]]]:
+        """Run the whole net. Returns every blob as Caffe holds it after the forward pass and, if
+        ``record_layers``, each layer's own outputs (before later in-place layers change them)."""
+        blobs = self._bind(args, kwargs)
+        layer_outputs: dict[str, list[torch.Tensor]] = {}
+        modules = self._modules
+        for key, bottoms, tops in self._plan:
+            try:
+                inputs = [blobs[b] for b in bottoms]
+            except KeyError as exc:
+                raise TypeError(f"input blob {exc.args[0]!r} was not given (inputs: {self.input_names})") from None
+            out = modules[key](*inputs)  # type: ignore[misc]
+            outs = (out,) if len(tops) == 1 else tuple(out)
+            for top, value in zip(tops, outs):
+                blobs[top] = value
+            if record_layers:
+                layer_outputs[key] = list(outs)
+        return blobs, layer_outputs
+
+    def forward(
+        self, *args: torch.Tensor, outputs: Sequence[str] | None = None, **kwargs: torch.Tensor
+    ) -> torch.Tensor | tuple[torch.Tensor, ...] | dict[str, torch.Tensor]:
+        """Run the net on its input blobs (positional in input order, or by name).
+
+        Without ``outputs``: the net's output blob (a tensor), or a tuple of them in ``output_names``
+        order. With ``outputs=[names]``: a dict of those blobs, as Caffe names and holds them.
+        """
+        if outputs is not None:
+            missing = [o for o in outputs if o not in self.blob_shapes]
+            if missing:
+                raise KeyError(f"no blob named {missing[0]!r}; blobs: {list(self.blob_shapes)}")
+        blobs, _ = self.run(*args, **kwargs)
+        if outputs is not None:
+            return {name: blobs[name] for name in outputs}
+        if len(self.output_names) == 1:
+            return blobs[self.output_names[0]]
+        return tuple(blobs[name] for name in self.output_names)
+
+
+def build_net(ir: NetIR, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CaffeNet:
+    """Build the :class:`CaffeNet` of an IR (parameters allocated, not yet filled)."""
+    return CaffeNet(ir, input_shapes)
+
+
+__all__ = ["CaffeNet", "LayerInfo", "LayerIR", "build_net"]
