@@ -25,6 +25,9 @@ def atomic_write(path: str | Path, mode: str = "wb") -> Iterator[IO]:
     except OSError as exc:
         raise AgegenderError(f"cannot write here: {exc.strerror}", path=path) from None
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; a written file gets the usual mode
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()

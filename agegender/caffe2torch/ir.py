@@ -16,6 +16,10 @@ from ..prototxt.message import Message
 Shape = tuple[int, ...]
 
 PHASES = ("TRAIN", "TEST")
+# Loss layers get an anonymous top when none is named (Caffe's AutoTopBlobs); it is not a net output
+AUTO_TOP_TYPES = ("SoftmaxWithLoss", "EuclideanLoss", "SigmoidCrossEntropyLoss", "HingeLoss", "InfogainLoss",
+                  "MultinomialLogisticLoss", "ContrastiveLoss")
+AUTO_TOP_SUFFIX = "(automatic)"
 
 
 @dataclass
@@ -124,7 +128,10 @@ def build_ir(net: Message, path: str | None = None, state: NetState | None = Non
                     f"bottom blob '{bottom}' is not produced by any earlier layer (known blobs: {known})",
                     path=path, line=line, layer=name,
                 )
-        layer = LayerIR(name=name, type=param.type, bottoms=list(param.bottom), tops=list(param.top),
+        tops = list(param.top)
+        if not tops and param.type in AUTO_TOP_TYPES:
+            tops = [f"{name}{AUTO_TOP_SUFFIX}"]
+        layer = LayerIR(name=name, type=param.type, bottoms=list(param.bottom), tops=tops,
                         param=param, index=index, path=path, line=line)
         layers.append(layer)
         for top in param.top:
@@ -142,7 +149,8 @@ def build_ir(net: Message, path: str | None = None, state: NetState | None = Non
         for bottom in layer.bottoms:
             remaining.pop(bottom, None)
         for top in layer.tops:
-            remaining[top] = None
+            if not top.endswith(AUTO_TOP_SUFFIX):
+                remaining[top] = None
     outputs = list(remaining)
     return NetIR(name=net.name, layers=layers, state=state, path=path, outputs=outputs)
 

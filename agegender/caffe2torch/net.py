@@ -79,6 +79,10 @@ class CaffeNet(nn.Module):
                     if top in overrides:
                         out_shapes[i] = overrides[top]
                     self.input_names.append(top)
+                # a data layer's label follows the batch size given for its data
+                if (layer.type != "Input" and len(layer.tops) == 2 and layer.tops[0] in overrides
+                        and layer.tops[1] not in overrides and len(out_shapes[1]) == 1):
+                    out_shapes[1] = (overrides[layer.tops[0]][0],)
                 module_name = None
             else:
                 assert converted.module is not None

@@ -59,9 +59,9 @@ def converter_for(layer: LayerIR) -> Converter:
     try:
         return _CONVERTERS[layer.type]
     except KeyError:
-        raise layer.error(
+        raise UnsupportedLayerError(
             f"layer type '{layer.type}' is not supported",
-            UnsupportedLayerError,
+            path=layer.path, line=layer.line, layer=layer.name,
             hint="supported types: " + ", ".join(sorted(_CONVERTERS)),
         ) from None
 

@@ -70,7 +70,7 @@ def load_weights(net: CaffeNet, weights: CaffeWeights, *, allow_missing: bool = 
             continue
         if stored.type and stored.type != info.type:
             raise WeightsMismatchError(
-                f"is a {info.type} in the prototxt but a {stored.type} in the caffemodel",
+                f"is of type {info.type} in the prototxt but {stored.type} in the caffemodel",
                 path=weights.path, layer=info.name, hint="are the prototxt and the caffemodel of the same net?",
             )
         tensors = net.caffe_tensors(info.name)

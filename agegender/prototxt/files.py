@@ -81,7 +81,10 @@ def read_text_message(path: str | Path, mtype: str, what: str) -> Message:
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         raise FileFormatError(f"{what} is not valid UTF-8 text", path=path, line=line) from None
-    return parse_text(text, mtype, path)
+    msg = parse_text(text, mtype, path)
+    if not any(True for _ in msg.set_fields()):
+        raise FileFormatError(f"{what} is empty: it sets no fields ({len(raw)} bytes)", path=path)
+    return msg
 
 
 def read_net(path: str | Path) -> Message:
@@ -202,6 +205,10 @@ def read_caffemodel(path: str | Path) -> CaffeWeights:
     raw = decode_message(buf, "NetParameter", str(path))
     fmt = "V1" if raw.has("layers") else "V2"
     net = upgrade_net(raw, str(path))
+    if not net.layer:
+        raise CaffemodelError(
+            f"caffemodel holds no layers ({len(buf)} bytes): not a caffemodel, or cut short", path=path
+        )
     weights = CaffeWeights(path=str(path), name=raw.name, format=fmt, net=net)
     for index, layer in enumerate(net.layer):
         if not layer.blobs:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import numpy as np
+
 from .schema import FieldSpec, MessageType, caffe_schema
 
 
@@ -81,9 +83,16 @@ class Message:
 
     def set_fields(self) -> Iterator[tuple[FieldSpec, Any]]:
         """The fields that are present, in schema order."""
+        values = self._values
+        if not values:
+            return
+        # direct dict lookups: this runs for every message of every read, write and comparison
         for name, spec in self._type.fields.items():
-            if self.has(name):
-                yield spec, self._values[name]
+            if name in values:
+                value = values[name]
+                if spec.repeated and len(value) == 0:
+                    continue
+                yield spec, value
 
     # --- writing ---------------------------------------------------------------------------------
     def __setattr__(self, name: str, value: Any) -> None:
@@ -101,7 +110,7 @@ class Message:
             self._values[name] = Message(spec.message)
         return self._values[name]
 
-    def add(self, name: str, **fields: Any) -> "Message":
+    def add(self, name: str, /, **fields: Any) -> "Message":
         """Append a new message to repeated message field ``name`` and return it."""
         spec = self.spec(name)
         assert spec.kind == "message" and spec.repeated and spec.message is not None
@@ -138,9 +147,18 @@ class Message:
         theirs = dict((s.name, v) for s, v in other.set_fields())
         if mine.keys() != theirs.keys():
             return False
+        fields = self._type.fields
         for key, value in mine.items():
             other_value = theirs[key]
-            if hasattr(value, "dtype") or hasattr(other_value, "dtype"):
+            if fields[key].type == "float":
+                # a float field holds float32 (as in protobuf): 0.1 read from text equals 0.1 read back
+                # from a binary file, where it was stored as the float32 nearest to 0.1
+                with np.errstate(over="ignore"):
+                    a = np.asarray(value, dtype=np.float32)
+                    b = np.asarray(other_value, dtype=np.float32)
+                if not np.array_equal(a, b):
+                    return False
+            elif hasattr(value, "dtype") or hasattr(other_value, "dtype"):
                 if list(map(float, value)) != list(map(float, other_value)):
                     return False
             elif value != other_value:

@@ -28,6 +28,7 @@ _TOKEN = re.compile(
     """,
     re.VERBOSE,
 )
+_NUMBER_TAIL = re.compile(r"[-+]?[\w.]+(?:[eE][-+]?[\w.]*)?")
 _MAX_DEPTH = 100
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f",
             "v": "\v", "?": "?"}
@@ -47,11 +48,15 @@ def _tokenize(text: str, path: str | None) -> list[_Token]:
     while pos < end:
         m = match(text, pos)
         if m is None:
-            raise PrototxtSyntaxError(
-                f"unexpected character {text[pos]!r}", path=path, line=line, col=pos - line_start + 1
-            )
+            what = ("string not closed before the end of the line" if text[pos] in "\"'"
+                    else f"unexpected character {text[pos]!r}")
+            raise PrototxtSyntaxError(what, path=path, line=line, col=pos - line_start + 1)
         kind = m.lastgroup
         tok = m.group(0)
+        if kind == "number" and m.end() < end and (text[m.end()].isalnum() or text[m.end()] in "_."):
+            # "12x", "1e", "1.5.3": protobuf refuses a number glued to more characters
+            bad = _NUMBER_TAIL.match(text, pos).group(0)
+            raise PrototxtSyntaxError(f"bad number {bad!r}", path=path, line=line, col=pos - line_start + 1)
         if kind == "ws":
             if tok == "\n":
                 line += 1
@@ -139,7 +144,8 @@ class _Parser:
             if tok.kind == "eof":
                 if close is None:
                     return
-                raise self.error(f"missing '{close}': the message that starts before this point is not closed")
+                opened = f" opened at line {msg.pos[0]}:{msg.pos[1]}" if msg.pos else ""
+                raise self.error(f"missing '{close}' at end of file: the {msg.type_name} message{opened} is not closed")
             if tok.kind == "symbol" and tok.text == close:
                 self.next()
                 return

@@ -264,7 +264,8 @@ def _scalar_bytes(spec: FieldSpec, value: Any) -> bytes:
     if t in _VARINT_TYPES:
         return _varint(int(value))
     if t == "float":
-        return struct.pack("<f", value)
+        with np.errstate(over="ignore"):  # out of float32 range becomes inf, as protobuf's C++ cast does
+            return np.float32(value).astype("<f4").tobytes()
     if t == "double":
         return struct.pack("<d", value)
     raise AssertionError(t)
@@ -286,7 +287,8 @@ def encode_parts(msg: Message, emit: Callable[[bytes | memoryview], None]) -> in
     Large numeric arrays are emitted as memoryviews of their data, not copied into one buffer.
     """
     total = 0
-    for spec, value in msg.set_fields():
+    # field-number order, as protobuf's C++ serializer writes: Caffe's files round-trip byte for byte
+    for spec, value in sorted(msg.set_fields(), key=lambda item: item[0].number):
         items = value if spec.repeated else [value]
         if spec.repeated and spec.packed and spec.kind != "message":
             if spec.type in _NP_TYPES:

@@ -200,6 +200,8 @@ def convert_pooling(layer: LayerIR, shapes: list[Shape]) -> Converted:
         raise layer.error(f"kernel {kernel} and stride {stride} must be positive")
     if any(pd >= k for pd, k in zip(pad, kernel)):
         raise layer.error(f"pad {pad} must be smaller than the kernel {kernel} (Caffe checks this too)")
+    if pad != (0, 0) and p.pool == "STOCHASTIC":
+        raise layer.error(f"pad {pad}: Caffe implements padding only for MAX and AVE pooling")
     ceil = p.round_mode == "CEIL" and p.ceil_mode
     module = CaffePooling(p.pool, None if p.global_pooling else kernel, stride, pad, ceil)
     _, out = module.geometry((height, width))

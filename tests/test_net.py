@@ -1,0 +1,147 @@
+"""CaffeNet structure: phases, inputs and outputs, in-place blob semantics, module naming."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from agegender.caffe2torch import CaffeNet, NetState, build_ir, init_seeded, load
+from agegender.errors import NetDefinitionError, UnsupportedLayerError
+from agegender.prototxt import parse_text, upgrade_net
+
+from .conftest import require_shared
+
+TINY = """
+name: "tiny"
+input: "data"
+input_shape { dim: 1 dim: 3 dim: 9 dim: 9 }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "fc.out" type: "InnerProduct" bottom: "conv1" top: "fc"
+        inner_product_param { num_output: 3 } }
+layer { name: "drop" type: "Dropout" bottom: "fc" top: "fc" include { phase: TRAIN } }
+layer { name: "prob" type: "Softmax" bottom: "fc" top: "prob" }
+"""
+
+
+def tiny_net(phase: str = "TEST", text: str = TINY) -> CaffeNet:
+    net_def = upgrade_net(parse_text(text, "NetParameter"))
+    net = CaffeNet(build_ir(net_def, "tiny.prototxt", NetState(phase=phase)))
+    init_seeded(net, seed=3)
+    return net
+
+
+def test_inputs_outputs_and_state_dict_keys() -> None:
+    net = tiny_net()
+    assert net.input_names == ["data"]
+    assert net.output_names == ["prob"]
+    # '.' is not allowed in torch module names: it becomes '_'
+    assert set(net.state_dict()) == {"conv1.weight", "conv1.bias", "fc_out.weight", "fc_out.bias"}
+    assert net.blob_shapes["conv1"] == (1, 4, 7, 7)
+    assert net.blob_shapes["fc"] == (1, 3)
+    assert not net.training  # TEST nets start in eval mode
+
+
+@torch.no_grad()
+def test_in_place_blobs_hold_the_value_after_the_in_place_layer() -> None:
+    net = tiny_net()
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(0))
+    blobs = net(x, outputs=["conv1", "fc", "prob"])
+    assert float(blobs["conv1"].min()) >= 0.0  # conv1 as Caffe holds it: after relu1
+    _, layer_outputs = net.run(x, record_layers=True)
+    own = layer_outputs["conv1"][0]
+    assert float(own.min()) < 0.0  # the convolution's own output, before relu1
+    assert torch.equal(torch.relu(own), blobs["conv1"])
+    assert torch.allclose(blobs["prob"], torch.softmax(blobs["fc"], dim=1))
+    assert torch.equal(net(x), blobs["prob"])  # batch size is free at run time
+
+
+def test_phase_filtering() -> None:
+    assert "drop" not in [info.name for info in tiny_net("TEST").layer_info]
+    train = tiny_net("TRAIN")
+    assert "drop" in [info.name for info in train.layer_info]
+    assert train.training
+
+
+def test_unknown_blob_request_is_a_clear_error() -> None:
+    with pytest.raises(KeyError, match="no blob named 'nope'"):
+        tiny_net()(torch.zeros(1, 3, 9, 9), outputs=["nope"])
+
+
+def test_unknown_layer_type_names_layer_type_and_file() -> None:
+    text = TINY.replace('type: "Softmax"', 'type: "Frobnicate"')
+    with pytest.raises(UnsupportedLayerError) as info:
+        tiny_net(text=text)
+    err = info.value
+    assert err.layer == "prob" and err.path == "tiny.prototxt" and "Frobnicate" in str(err)
+    assert err.line == 11  # TINY starts with a newline
+
+
+def test_missing_bottom_is_named() -> None:
+    text = TINY.replace('bottom: "fc" top: "prob"', 'bottom: "fc9" top: "prob"')
+    with pytest.raises(NetDefinitionError, match="bottom blob 'fc9'") as info:
+        tiny_net(text=text)
+    assert info.value.layer == "prob"
+
+
+def test_input_shape_override_and_unknown_override() -> None:
+    net_def = upgrade_net(parse_text(TINY, "NetParameter"))
+    net = CaffeNet(build_ir(net_def), {"data": (5, 3, 11, 11)})
+    assert net.blob_shapes["conv1"] == (5, 4, 9, 9)
+    with pytest.raises(Exception, match="names no input"):
+        CaffeNet(build_ir(net_def), {"image": (1, 3, 9, 9)})
+
+
+def _model_dirs() -> list[Path]:
+    root = require_shared("adience", "model_definitions")
+    return sorted(p for p in root.iterdir() if p.is_dir())
+
+
+@pytest.mark.shared
+def test_every_train_val_builds_in_both_phases() -> None:
+    """Train_val files: the TEST phase has the test Data layer, accuracy (and loss where included); the TRAIN
+    phase has the train Data layer and the loss. Shapes are inferred everywhere."""
+    count = 0
+    for folder in _model_dirs():
+        files = sorted(folder.glob("*test_fold_is_*.prototxt"))
+        files = [f for f in files if "solver" not in f.name]
+        assert files, folder
+        for path in files[:1]:  # the five folds differ only in data paths
+            for phase in ("TEST", "TRAIN"):
+                net = load(path, phase=phase)
+                types = {info.type for info in net.layer_info}
+                assert "Data" in types, path
+                assert net.input_names[:2] == ["data", "label"], (path, net.input_names)
+                if phase == "TRAIN":
+                    assert "SoftmaxWithLoss" in types, path
+                else:
+                    assert "Accuracy" in types, path
+                scalar_tops = [top for info in net.layer_info if info.type in ("Accuracy", "SoftmaxWithLoss")
+                               for top in info.tops]
+                named = [top for top in scalar_tops if not top.endswith("(automatic)")]
+                assert scalar_tops and set(named) <= set(net.output_names), path
+                for name in scalar_tops:
+                    assert net.blob_shapes[name] == (), (path, name)  # accuracy and loss are scalars
+                count += 1
+    assert count == 2 * 38
+
+
+@pytest.mark.shared
+@torch.no_grad()
+def test_train_val_test_phase_runs_with_label() -> None:
+    path = require_shared("adience", "model_definitions", "age_net_definitions", "train_val_test_fold_is_0.prototxt")
+    net = load(path, phase="TEST", input_shapes={"data": (4, 3, 227, 227)})
+    init_seeded(net, seed=0)
+    data = torch.from_numpy(np.random.default_rng(0).normal(0, 50, (4, 3, 227, 227)).astype(np.float32))
+    label = torch.tensor([0.0, 1.0, 2.0, 7.0])
+    out = net(data, label)
+    values = out if isinstance(out, tuple) else (out,)
+    for value in values:
+        assert value.shape == () and torch.isfinite(value)
+    accuracy = dict(zip(net.output_names, values))["accuracy"]
+    probs_argmax = net(data, label, outputs=["fc8"])["fc8"].argmax(1)
+    assert float(accuracy) == pytest.approx(float((probs_argmax == label.long()).float().mean()))
