@@ -6,9 +6,14 @@ Every :class:`~agegender.errors.AgegenderError` ends the command with one line o
 
 from __future__ import annotations
 
-import functools
-import logging
 import os
+
+# Idle OpenMP threads sleep instead of spinning: on a shared or busy CPU spinning threads make every
+# layer wait for descheduled peers (up to 10x slower; bench/RESULTS.md). Read when torch loads, so set here.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import functools  # noqa: E402
+import logging  # noqa: E402
 import sys
 import traceback
 from pathlib import Path
@@ -175,12 +180,14 @@ def convert(
     fold: int = typer.Option(0, "--fold", help="Cross-validation fold whose mean image a Lapuschkin model uses."),
     tolerance: float = typer.Option(1e-4, "--tolerance", help="Parity tolerance, relative to each blob's max."),
     skip_parity: bool = typer.Option(False, "--skip-parity", help="Do not compare with OpenCV dnn."),
+    onnx: bool = typer.Option(True, "--onnx/--no-onnx", help="Also write OUT/model.onnx, verified in ONNX Runtime."),
 ) -> None:
     """Convert a Caffe net to PyTorch: safetensors weights, a model card and a parity report.
 
     Writes OUT/model.safetensors (keys = Caffe layer names, e.g. conv1.weight), OUT/card.json and
-    OUT/parity.json (every layer compared with OpenCV dnn on seeded inputs). A parity failure exits
-    with code 6, after writing the reports.
+    OUT/parity.json (every layer compared with OpenCV dnn on seeded inputs), and OUT/model.onnx with
+    OUT/model.export.json (see `agegender export`; --no-onnx skips it). A parity failure exits with
+    code 6, after writing the reports.
 
     Examples:
 
@@ -244,6 +251,11 @@ def convert(
         write_json(parity, out_dir / "parity.json")
         card["artefacts"]["parity"] = {"file": "parity.json", "passed": parity["passed"],
                                        "summary": report.summary() if report else parity["error"]}
+    onnx_error = None
+    if onnx:  # OUT/model.onnx + model.export.json (see `agegender export`)
+        from .cli_export import convert_onnx
+
+        card["artefacts"]["onnx"], onnx_error = convert_onnx(net, out_dir, card, prototxt, caffemodel, not skip_parity)
     write_json(card, out_dir / "card.json")
 
     _print_convert_summary(net, card, report, out_dir)
@@ -251,6 +263,8 @@ def convert(
         raise parity_error
     if report is not None and not report.passed:
         raise ParityError(f"parity with OpenCV dnn failed: {report.summary()}", path=out_dir / "parity.json")
+    if onnx_error is not None:
+        raise onnx_error
 
 
 def _print_convert_summary(net, card: dict, report, out_dir: Path) -> None:
@@ -520,6 +534,12 @@ def fetch(
 from .cli_data import data_app  # noqa: E402  (cli_data uses handle_errors and the consoles above)
 
 app.add_typer(data_app, name="data")
+
+
+# --- export (agegender/cli_export.py, which uses the helpers above) ----------------------------------------
+from .cli_export import export  # noqa: E402
+
+app.command()(export)
 
 
 def main() -> None:

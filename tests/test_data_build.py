@@ -193,6 +193,8 @@ def test_encoded_fold_lmdbs_decode_to_the_resized_images(tree: Tree, tmp_path: P
     info = lmdb_info(report.lmdbs["train"].path)
     train = len(tree.split_indices(0)["train"])
     assert (info.records, info.encoded, info.shapes) == (train, train, {(3, SIZE, SIZE): train})
+    with pytest.raises(AgegenderError, match=r"other settings: 32 x 32 images"):
+        build_fold(tree.images, 0, "gender", "aligned", tmp_path, resize=48, encoded=True, folds=tree.folds)
 
 
 def test_interrupted_build_resumes_to_the_same_output(tree: Tree, tmp_path: Path) -> None:
@@ -275,6 +277,13 @@ def test_the_adience_download_folder_is_pointed_at(tree: Tree, tmp_path: Path) -
     tree.copy_images(download / "aligned")
     with pytest.raises(MissingFileError, match=r"the images are under .*aligned: pass that folder"):
         build_fold(download, 0, "age", "aligned", tmp_path / "out", resize=SIZE, folds=tree.folds)
+    # as for the mixed lists: some images in aligned/, the others in faces/
+    for path in tree.paths[1::2]:
+        (download / "faces" / path).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(download / "aligned" / path, download / "faces" / path)
+    with pytest.raises(MissingFileError, match=r"split between .*aligned and .*faces: these lists need them in one"):
+        build_fold(download, 0, "age", "aligned", tmp_path / "out", resize=SIZE, folds=tree.folds)
+    assert not (tmp_path / "out").exists()
 
 
 def test_corrupt_jpeg_fails_naming_it_or_is_skipped(tree: Tree, tmp_path: Path) -> None:

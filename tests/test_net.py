@@ -145,3 +145,28 @@ def test_train_val_test_phase_runs_with_label() -> None:
     accuracy = dict(zip(net.output_names, values))["accuracy"]
     probs_argmax = net(data, label, outputs=["fc8"])["fc8"].argmax(1)
     assert float(accuracy) == pytest.approx(float((probs_argmax == label.long()).float().mean()))
+
+
+def test_deepcopy_and_pickle_of_a_net() -> None:
+    import copy
+    import pickle
+
+    net = tiny_net()
+    twin = copy.deepcopy(net)
+    x = torch.randn(2, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(net(x), twin(x))
+    net_def = upgrade_net(parse_text(TINY, "NetParameter"))
+    assert pickle.loads(pickle.dumps(net_def)) == net_def
+
+
+@torch.no_grad()
+def test_channels_last_gives_the_same_values() -> None:
+    net = tiny_net()
+    x = torch.randn(3, 3, 9, 9, generator=torch.Generator().manual_seed(2))
+    expected = net(x, outputs=["conv1", "prob"])
+    fast = copy_net = tiny_net().to_channels_last()
+    got = copy_net(x, outputs=["conv1", "prob"])
+    assert fast.channels_last and got["conv1"].is_contiguous(memory_format=torch.channels_last)
+    for name in expected:
+        assert torch.allclose(got[name], expected[name], rtol=1e-5, atol=1e-6), name

@@ -20,12 +20,14 @@ def load(
     level: int = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     allow_missing: bool = False,
+    channels_last: bool = False,
 ) -> CaffeNet:
     """Read a Caffe net (deploy or train_val, V1 or V2) and its weights as a :class:`CaffeNet`.
 
     ``phase`` selects layers as Caffe's NetState does (TEST: dropout off, test data layer). Without a
     caffemodel the parameters are allocated but hold no values: fill them (e.g. ``init_seeded``) before
-    use. The :class:`WeightsReport` of the load is kept on ``net.weights_report``.
+    use. The :class:`WeightsReport` of the load is kept on ``net.weights_report``. ``channels_last``
+    runs the net in the NHWC layout (faster on CPU; see :meth:`CaffeNet.to_channels_last`).
     """
     net_def = read_net(prototxt)
     ir = build_ir(net_def, str(prototxt), NetState(phase=phase, level=level, stages=tuple(stages)))
@@ -34,6 +36,8 @@ def load(
     net.weights_report = None
     if caffemodel is not None:
         net.weights_report = load_weights(net, read_caffemodel(caffemodel), allow_missing=allow_missing)
+    if channels_last:
+        net.to_channels_last()
     return net
 
 

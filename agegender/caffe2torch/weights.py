@@ -8,13 +8,15 @@ first mismatching layer, refuses NaN/inf weights, and reports blobs of layers th
 from __future__ import annotations
 
 import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..errors import WeightsMismatchError
+from ..errors import CaffemodelError, WeightsMismatchError
 from ..prototxt.files import CaffeWeights, array_to_blob, write_message_binary
 from ..prototxt.message import Message
 from ..prototxt.upgrade import V1_LAYER_TYPES
@@ -63,6 +65,24 @@ def load_weights(net: CaffeNet, weights: CaffeWeights, *, allow_missing: bool = 
             f"first layer with parameters: '{first.name}' ({first.type})",
             path=weights.path, layer=first.name, hint="are the prototxt and the caffemodel of the same net?",
         )
+    with open(weights.path, "rb", buffering=0) as reader:
+        _load_layers(net, weights, param_layers, report, reader)
+    known = {info.name for info in net.layer_info}
+    report.extra = [name for name in weights.layers if name not in known]
+    if report.missing and not allow_missing:
+        raise WeightsMismatchError(
+            f"{len(report.missing)} layer(s) of the net have no weights in the caffemodel: "
+            + ", ".join(report.missing[:5]) + ("..." if len(report.missing) > 5 else ""),
+            path=weights.path, layer=report.missing[0],
+            hint="are the prototxt and the caffemodel of the same net?",
+        )
+    if report.extra:
+        log.warning("%s: weights of %d layer(s) not in the net were not used: %s", weights.path,
+                    len(report.extra), ", ".join(report.extra))
+    return report
+
+
+def _load_layers(net: CaffeNet, weights: CaffeWeights, param_layers: list, report: WeightsReport, reader) -> None:
     for info in param_layers:
         stored = weights.layers.get(info.name)
         if stored is None:
@@ -90,32 +110,45 @@ def load_weights(net: CaffeNet, weights: CaffeWeights, *, allow_missing: bool = 
                     f"prototxt needs {list(expected)}",
                     path=weights.path, layer=info.name, hint="are the prototxt and the caffemodel of the same net?",
                 )
+            offset = stored.file_offsets[i] if i < len(stored.file_offsets) else None
             with torch.no_grad():
-                if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous():
-                    np.copyto(tensor.detach().numpy(), array.reshape(expected), casting="same_kind")
-                else:
-                    tensor.copy_(torch.from_numpy(np.array(array, dtype=np.float32).reshape(expected)))
-                if not bool(torch.isfinite(tensor).all()):
-                    bad = int((~torch.isfinite(tensor)).sum())
-                    raise WeightsMismatchError(
-                        f"blob {i} ({info.caffe_blobs[i]}) holds {bad} NaN or infinite value(s)",
-                        path=weights.path, layer=info.name, hint="the caffemodel is corrupted or diverged in training",
-                    )
+                _copy_blob(tensor, array, expected, offset, weights.path, reader)
+                _check_finite(tensor, weights.path, info.name, f"blob {i} ({info.caffe_blobs[i]})")
             report.n_values += array.size
         report.loaded.append(info.name)
-    known = {info.name for info in net.layer_info}
-    report.extra = [name for name in weights.layers if name not in known]
-    if report.missing and not allow_missing:
-        raise WeightsMismatchError(
-            f"{len(report.missing)} layer(s) of the net have no weights in the caffemodel: "
-            + ", ".join(report.missing[:5]) + ("..." if len(report.missing) > 5 else ""),
-            path=weights.path, layer=report.missing[0],
-            hint="are the prototxt and the caffemodel of the same net?",
-        )
-    if report.extra:
-        log.warning("%s: weights of %d layer(s) not in the net were not used: %s", weights.path,
-                    len(report.extra), ", ".join(report.extra))
-    return report
+
+
+def _copy_blob(tensor: torch.Tensor, array: np.ndarray, shape: tuple[int, ...], offset: int | None, path: str,
+               reader) -> None:
+    """Fill ``tensor`` with a blob's values. A float32 blob stored as such in the file is read straight
+    into the tensor (``preadv``): the file's pages are not mapped into this process on top of the weights."""
+    if tensor.device.type == "cpu" and tensor.dtype == torch.float32 and tensor.is_contiguous():
+        target = tensor.detach().numpy()
+        if offset is not None and hasattr(os, "preadv") and sys.byteorder == "little":
+            view = memoryview(target.reshape(-1)).cast("B")
+            done = 0
+            while done < view.nbytes:  # preadv may return short counts
+                got = os.preadv(reader.fileno(), [view[done:]], offset + done)
+                if got <= 0:
+                    raise CaffemodelError("the file shrank while it was being read", path=path)
+                done += got
+        else:
+            np.copyto(target, array.reshape(shape), casting="same_kind")
+    else:
+        tensor.copy_(torch.from_numpy(np.array(array, dtype=np.float32).reshape(shape)))
+
+
+def _check_finite(tensor: torch.Tensor, path: str, layer: str, what: str) -> None:
+    """Refuse NaN/inf weights. ``aminmax`` reads the tensor once without temporaries (NaN and inf reach
+    the min or the max)."""
+    if tensor.numel() == 0:
+        return
+    low, high = torch.aminmax(tensor)
+    if bool(torch.isfinite(low)) and bool(torch.isfinite(high)):
+        return
+    bad = int((~torch.isfinite(tensor)).sum())
+    raise WeightsMismatchError(f"{what} holds {bad} NaN or infinite value(s)", path=path, layer=layer,
+                               hint="the caffemodel is corrupted or diverged in training")
 
 
 # --- seeded weights and writing caffemodels -----------------------------------------------------------

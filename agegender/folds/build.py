@@ -280,13 +280,13 @@ def _kept(out: Path, size: tuple[int, int] | None, encoded: bool, expected: int 
         count = len(db)
         if count == 0:
             raise FileFormatError("the LMDB is empty", path=out, hint="delete it to rebuild it")
-        datum = db.datum(0)
-    was_encoded = bool(datum.encoded)
+        was_encoded = bool(db.datum(0).encoded)
+        height, width = db[0].image.shape[1:]
     problems = []
     if was_encoded != encoded:
         problems.append("encoded images" if was_encoded else "raw images")
-    if not was_encoded and size is not None and (int(datum.height), int(datum.width)) != size:
-        problems.append(f"{int(datum.height)} x {int(datum.width)} images")
+    if size is not None and (height, width) != size:
+        problems.append(f"{height} x {width} images")
     if expected is not None and count != expected:
         problems.append(f"{count} records where the list has {expected}")
     if problems:
@@ -410,10 +410,14 @@ def _missing_error(label: str, reports: dict[str, MissingImagesReport], root: Pa
         more = ", ..." if report.missing > len(report.first_missing) else ""
         parts.append(f"{split}: {report.missing} of {report.checked}, e.g. {names}{more}")
     hint = "skip them with on_missing='skip' (--skip-missing), or fix the image folder"
-    first = next(iter(bad.values())).first_missing[0].path
-    for sub in ("aligned", "faces"):  # the folders of the Adience download
-        if (root / sub / first).is_file():
-            hint = f"the images are under {root / sub}: pass that folder as the image root"
+    examples = [entry.path for report in bad.values() for entry in report.first_missing]
+    # the Adience download keeps landmark-aligned faces in aligned/ and the others in faces/
+    holders = sorted({sub for sub in ("aligned", "faces") for path in examples if (root / sub / path).is_file()})
+    if len(holders) == 1:
+        hint = f"the images are under {root / holders[0]}: pass that folder as the image root"
+    elif holders:
+        hint = (f"the images are split between {root / 'aligned'} and {root / 'faces'}: these lists need them in "
+                "one folder (e.g. symlink both into one)")
     return MissingFileError(f"{total} of the {checked} images of the {label} lists are missing under {root}: "
                             + "; ".join(parts), path=next(iter(bad.values())).source, hint=hint)
 

@@ -121,6 +121,8 @@ class LayerBlobs:
     type: str
     blobs: list[np.ndarray]
     legacy_shape: list[bool]  # per blob: shape came from the V1 num/channels/height/width fields
+    # per blob: byte offset of its little-endian float32 data in the file, when it is stored that way
+    file_offsets: list[int | None] = field(default_factory=list)
 
 
 @dataclass
@@ -210,18 +212,23 @@ def read_caffemodel(path: str | Path) -> CaffeWeights:
             f"caffemodel holds no layers ({len(buf)} bytes): not a caffemodel, or cut short", path=path
         )
     weights = CaffeWeights(path=str(path), name=raw.name, format=fmt, net=net)
+    base = np.frombuffer(buf, dtype=np.uint8).ctypes.data  # address of the map, to locate blob data
     for index, layer in enumerate(net.layer):
         if not layer.blobs:
             continue
         name = layer.name
         if name in weights.layers:
             raise CaffemodelError(f"two layers named '{name}' carry weights", path=path)
-        arrays, legacy = [], []
+        arrays, legacy, offsets = [], [], []
         for b, blob in enumerate(layer.blobs):
             arr, is_legacy = blob_to_array(blob, f"layer '{name}' (#{index}) blob {b}", str(path))
             arrays.append(arr)
             legacy.append(is_legacy)
-        weights.layers[name] = LayerBlobs(name=name, type=layer.type, blobs=arrays, legacy_shape=legacy)
+            offset = arr.ctypes.data - base if arr.size else -1
+            is_view = arr.dtype == np.dtype("<f4") and arr.flags.c_contiguous and 0 <= offset <= len(buf) - arr.nbytes
+            offsets.append(offset if is_view else None)
+        weights.layers[name] = LayerBlobs(name=name, type=layer.type, blobs=arrays, legacy_shape=legacy,
+                                          file_offsets=offsets)
     return weights
 
 

@@ -166,3 +166,14 @@ class Message:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+    # pickling and copy.deepcopy (e.g. of a CaffeNet that keeps its net definition): the type goes by name
+    def __getstate__(self) -> tuple:
+        return (self._type.name, self._values, self._pos, self._field_pos)
+
+    def __setstate__(self, state: tuple) -> None:
+        name, values, pos, field_pos = state
+        object.__setattr__(self, "_type", caffe_schema()[name])
+        object.__setattr__(self, "_values", values)
+        object.__setattr__(self, "_pos", pos)
+        object.__setattr__(self, "_field_pos", field_pos)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import skip_init
 
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
@@ -13,6 +12,16 @@ from ._util import check_bottoms, spatial_values
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+
+
+def _uninitialised(module_cls: type[nn.Module], *args, **kwargs) -> nn.Module:
+    """``module_cls(*args, **kwargs)`` with allocated but uninitialised parameters: the weights come from
+    the caffemodel, so the (slow) default init is skipped. Built on the meta device, then given empty
+    tensors (cheaper than ``skip_init``, whose ``to_empty`` pulls in torch's symbolic-shape machinery)."""
+    module = module_cls(*args, device="meta", **kwargs)
+    for name, param in list(module.named_parameters(recurse=False)):
+        setattr(module, name, nn.Parameter(torch.empty(param.shape, dtype=param.dtype)))
+    return module
 
 
 def _conv_geometry(layer: LayerIR, shape: Shape) -> tuple[int, list[int], list[int], list[int], list[int], int, int]:
@@ -52,7 +61,7 @@ def convert_convolution(layer: LayerIR, shapes: list[Shape]) -> Converted:
         if size + 2 * pd < extent:
             raise layer.error(f"kernel extent {extent} is larger than the padded input ({size} + 2*{pd})")
         out_spatial.append(out)
-    module = skip_init(
+    module = _uninitialised(
         _CONV[n_spatial], channels, int(p.num_output), kernel, stride=stride, padding=pad, dilation=dilation,
         groups=group, bias=bool(p.bias_term),
     )
@@ -72,7 +81,7 @@ def convert_deconvolution(layer: LayerIR, shapes: list[Shape]) -> Converted:
         if out <= 0:
             raise layer.error(f"output size {out} is not positive")
         out_spatial.append(out)
-    module = skip_init(
+    module = _uninitialised(
         _DECONV[n_spatial], channels, int(p.num_output), kernel, stride=stride, padding=pad, dilation=dilation,
         groups=group, bias=bool(p.bias_term),
     )
@@ -231,6 +240,20 @@ class LRNWithinChannel(nn.Module):
         return x * torch.pow(1.0 + self.alpha * mean_sq, -self.beta)
 
 
+class CaffeLRN(nn.LocalResponseNorm):
+    """Caffe's ACROSS_CHANNELS LRN: ``x * (k + alpha/n * sum_{window} x^2) ** -beta``, the channel window
+    zero-padded. The same function as ``nn.LocalResponseNorm`` (it stays one, for exporters), computed
+    with shifted adds over channels: about 3x faster than torch's avg_pool3d formulation on CPU."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        square = x * x
+        window = square.clone()
+        for shift in range(1, (self.size - 1) // 2 + 1):
+            window[:, shift:] += square[:, :-shift]
+            window[:, :-shift] += square[:, shift:]
+        return x * torch.pow(window * (self.alpha / self.size) + self.k, -self.beta)
+
+
 @register("LRN")
 def convert_lrn(layer: LayerIR, shapes: list[Shape]) -> Converted:
     check_bottoms(layer, shapes, 1)
@@ -242,8 +265,7 @@ def convert_lrn(layer: LayerIR, shapes: list[Shape]) -> Converted:
     if len(shape) != 4:
         raise layer.error(f"LRN needs a 4-axis input, got shape {list(shape)}")
     if p.norm_region == "ACROSS_CHANNELS":
-        # k + alpha/n * sum over the channel window of x^2, zero-padded: exactly torch's LocalResponseNorm
-        module: nn.Module = nn.LocalResponseNorm(size, alpha=float(p.alpha), beta=float(p.beta), k=float(p.k))
+        module: nn.Module = CaffeLRN(size, alpha=float(p.alpha), beta=float(p.beta), k=float(p.k))
     else:
         module = LRNWithinChannel(size, float(p.alpha), float(p.beta))
     return Converted(module, [shape])
