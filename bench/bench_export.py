@@ -144,38 +144,8 @@ def _run_case(exported: Exported, batch: int, session, cv_net, args: argparse.Na
 
     engines: dict[str, Callable[[], tuple]] = {"onnxruntime": run_ort, "opencv": run_opencv, "torch": run_torch}
     _check(case, {name: fn() for name, fn in engines.items()}, list(net.output_names))
-    names = list(engines)
-    case.times = {name: [] for name in names}
-
-    def timed(name: str) -> float:
-        start = time.perf_counter()
-        engines[name]()
-        return time.perf_counter() - start
-
-    last: dict[str, float] = {}
-    for _ in range(args.warmup):
-        for name in names:
-            last[name] = timed(name)
-        if sum(last.values()) > args.budget / 6:
-            break
-    per_round = sum(last.values()) if last else 0.0
-    repeats = args.repeats
-    if per_round > 0:
-        repeats = max(args.min_repeats, min(args.repeats, int(args.budget / per_round)))
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            case.times[name].append(timed(name))
+    case.times = common.interleaved_times(engines, args.warmup, args.repeats, args.min_repeats, args.budget)
     return case
-
-
-def _parse_list(text: str, known: tuple[str, ...] | None = None) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if known is not None:
-        bad = [t for t in items if t not in known]
-        if bad:
-            raise SystemExit(f"unknown {bad}; choose from {', '.join(known)}")
-    return items
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--keep", action="store_true", help="keep the caffemodels and exports in bench/_work/")
     args = parser.parse_args(argv)
-    archs = _parse_list(args.archs, tuple(ARCHS))
-    batches = [int(b) for b in _parse_list(args.batches)]
+    archs = common.parse_list(args.archs, tuple(ARCHS))
+    batches = [int(b) for b in common.parse_list(args.batches)]
 
     import cv2
     import onnxruntime as ort

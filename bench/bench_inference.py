@@ -16,12 +16,12 @@ each engine is warmed up, and the engines run interleaved (the order rotates eve
 ``--repeats`` runs each or the per-case time budget is spent (at least ``--min-repeats``): the machine
 may be shared and noisy, so medians are reported. Goal (issue #2): ours / OpenCV >= 1.0x.
 
-``--variants`` adds other ways of running our module (channels_last, a frozen TorchScript trace, ...)
+``--variants`` adds other ways of running our module (plain NCHW, a frozen TorchScript trace, ...)
 to the same interleaved rotation, to find what would help; they are checked against our plain output.
 
     python bench/bench_inference.py                                # all four archs, batches 1 and 16
     python bench/bench_inference.py --archs adiencenet,vgg16 --batches 1 --repeats 20
-    python bench/bench_inference.py --variants channels_last,jit_freeze
+    python bench/bench_inference.py --variants nchw,jit_freeze
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ ARCHS = {
     "googlenet": "age_fromscratch_googlenet",
     "vgg16": "age_imdbwiki_vgg16",
 }
-VARIANTS = ("channels_last", "jit_freeze", "relu_inplace", "compile")
+VARIANTS = ("nchw", "jit_freeze", "relu_inplace", "compile")
 INPUT_SCALE = 50.0  # about the spread of mean-subtracted 0..255 pixels
 LOGIT_TOLERANCE = 1e-4  # relative to the blob's largest magnitude (OpenCV vs Caffe: 1.7e-5, see shared README)
 GOAL_RATIO = 1.0
@@ -85,12 +85,12 @@ def _logit_layers(net: CaffeNet) -> dict[str, str]:
     return out
 
 
-def _clone(net: CaffeNet, deploy: Path) -> CaffeNet:
+def _clone(net: CaffeNet, deploy: Path, channels_last: bool = True) -> CaffeNet:
     """A second CaffeNet with ``net``'s weights (``copy.deepcopy`` of a CaffeNet fails: its ``net_def``
     Message cannot be deep-copied)."""
     from agegender import caffe2torch
 
-    twin = caffe2torch.load(deploy)
+    twin = caffe2torch.load(deploy, channels_last=channels_last)
     twin.load_state_dict(net.state_dict())
     return twin.eval()
 
@@ -105,8 +105,8 @@ def _make_variant(name: str, net: CaffeNet, deploy: Path, example: Any) -> Calla
 
     if name == "ours":
         return lambda x: as_tuple(net(x))
-    if name == "channels_last":  # the library's NHWC mode (load(..., channels_last=True))
-        model = _clone(net, deploy).to_channels_last()
+    if name == "nchw":  # the plain layout: load(..., channels_last=False)
+        model = _clone(net, deploy, channels_last=False)
         return lambda x: as_tuple(model(x))
     if name == "relu_inplace":
         model = _clone(net, deploy)
@@ -208,42 +208,12 @@ def _run_case(arch: str, batch: int, deploy: Path, net: CaffeNet, cv_net: Any, o
     engines: dict[str, Callable[[], object]] = {"opencv": run_opencv}
     for name, fn in variant_fns.items():
         engines[name] = (lambda f: lambda: f(xt))(fn)
-    names = list(engines)
-    case.times = {name: [] for name in names}
-
-    def timed(name: str) -> float:
-        start = time.perf_counter()
-        with torch.inference_mode():
-            engines[name]()
-        return time.perf_counter() - start
-
-    last = {}
-    for _ in range(args.warmup):
-        for name in names:
-            last[name] = timed(name)
-        if sum(last.values()) > args.budget / 6:  # heavy case (VGG16 at batch 16): one warm-up round is enough
-            break
-    per_round = sum(last.values()) if last else 0.0
-    repeats = args.repeats
-    if per_round > 0:
-        repeats = max(args.min_repeats, min(args.repeats, int(args.budget / per_round)))
-    for r in range(repeats):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:  # rotate who goes first
-            case.times[name].append(timed(name))
+    case.times = common.interleaved_times(engines, args.warmup, args.repeats, args.min_repeats, args.budget,
+                                          wrap=torch.inference_mode)
     return case
 
 
 # --- main -----------------------------------------------------------------------------------------------
-def _parse_list(text: str, known: tuple[str, ...] | None = None) -> list[str]:
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    if known is not None:
-        bad = [t for t in items if t not in known]
-        if bad:
-            raise SystemExit(f"unknown {bad}; choose from {', '.join(known)}")
-    return items
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--archs", default=",".join(ARCHS), help=f"comma-separated, from {', '.join(ARCHS)}")
@@ -258,9 +228,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and inputs")
     parser.add_argument("--keep", action="store_true", help="keep the caffemodels in bench/_work/")
     args = parser.parse_args(argv)
-    archs = _parse_list(args.archs, tuple(ARCHS))
-    batches = [int(b) for b in _parse_list(args.batches)]
-    variants = _parse_list(args.variants, VARIANTS)
+    archs = common.parse_list(args.archs, tuple(ARCHS))
+    batches = [int(b) for b in common.parse_list(args.batches)]
+    variants = common.parse_list(args.variants, VARIANTS)
 
     import cv2
     import torch

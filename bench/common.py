@@ -162,3 +162,47 @@ __all__ = [
     "MIB", "REPO", "WORK_DIR", "cpu_model", "current_rss_mib", "load_line", "machine_lines", "median", "memory_gib",
     "model_definitions", "peak_rss_mib", "require_file", "shared_root", "spread", "table", "usable_cores",
 ]
+
+
+def parse_list(text: str, known: Sequence[str] | None = None) -> list[str]:
+    """A comma-separated command-line list; names outside ``known`` end the script with a message."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if known is not None:
+        bad = [t for t in items if t not in known]
+        if bad:
+            raise SystemExit(f"unknown {bad}; choose from {', '.join(known)}")
+    return items
+
+
+def interleaved_times(engines: dict, warmup: int, repeats: int, min_repeats: int, budget: float,
+                      wrap=None) -> dict[str, list[float]]:
+    """Time each engine (a no-argument callable) ``repeats`` times, rotating which goes first each round
+    so that a noisy machine hurts all of them alike. Warm-up rounds stop early for heavy cases, and the
+    repeats drop towards ``min_repeats`` when one round costs more than ``budget`` / ``repeats`` seconds.
+    ``wrap`` (a context manager factory, e.g. ``torch.inference_mode``) surrounds every timed call."""
+    import contextlib
+    import time
+
+    names = list(engines)
+
+    def timed(name: str) -> float:
+        with wrap() if wrap else contextlib.nullcontext():
+            start = time.perf_counter()
+            engines[name]()
+            return time.perf_counter() - start
+
+    last: dict[str, float] = {}
+    for _ in range(warmup):
+        for name in names:
+            last[name] = timed(name)
+        if sum(last.values()) > budget / 6:  # a heavy case (VGG16 at batch 16): one warm-up round is enough
+            break
+    per_round = sum(last.values()) if last else 0.0
+    if per_round > 0:
+        repeats = max(min_repeats, min(repeats, int(budget / per_round)))
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(timed(name))
+    return times

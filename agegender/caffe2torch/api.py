@@ -20,14 +20,16 @@ def load(
     level: int = 0,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
     allow_missing: bool = False,
-    channels_last: bool = False,
+    channels_last: bool = True,
 ) -> CaffeNet:
     """Read a Caffe net (deploy or train_val, V1 or V2) and its weights as a :class:`CaffeNet`.
 
     ``phase`` selects layers as Caffe's NetState does (TEST: dropout off, test data layer). Without a
     caffemodel the parameters are allocated but hold no values: fill them (e.g. ``init_seeded``) before
     use. The :class:`WeightsReport` of the load is kept on ``net.weights_report``. ``channels_last``
-    runs the net in the NHWC layout (faster on CPU; see :meth:`CaffeNet.to_channels_last`).
+    (the default) runs the net in the NHWC memory layout: the same values up to float rounding, and 1.1-2.6x
+    faster on CPU (bench/RESULTS.md); 4-D blobs it returns are NHWC-strided tensors (use ``.reshape``, not
+    ``.view``). Pass ``False`` for plain NCHW.
     """
     net_def = read_net(prototxt)
     ir = build_ir(net_def, str(prototxt), NetState(phase=phase, level=level, stages=tuple(stages)))
