@@ -23,6 +23,24 @@ def file_digest(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def deploy_files(definitions: Path) -> list[Path]:
+    """The deploy files under ``definitions``, identical contents next to each other (so per-content work
+    is done once)."""
+    files = sorted(definitions.glob("*/deploy.prototxt")) if definitions.is_dir() else []
+    return sorted(files, key=lambda p: (file_digest(p), p.parent.name))
+
+
+def macs_per_image(net: CaffeNet) -> float:
+    """Multiply-adds of the convolutions and inner products for one image."""
+    total = 0.0
+    for info in net.parameter_layers():
+        if info.type in ("Convolution", "InnerProduct"):
+            weight = net.caffe_tensors(info.name)[0]
+            out = info.out_shapes[0]
+            total += weight.numel() * (float(np.prod(out[2:])) if info.type == "Convolution" else 1.0)
+    return total
+
+
 @dataclass
 class SeededModel:
     """A net with seeded weights and the caffemodels it was written to, one per layout."""

@@ -56,6 +56,7 @@ from agegender.errors import AgegenderError, ParityError, UnsupportedLayerError
 
 from . import reference_ops as ref_ops
 from .conftest import require_shared, shared_root
+from .helpers import deploy_files, file_digest, macs_per_image
 
 TOLERANCE = 1e-4
 
@@ -608,28 +609,7 @@ DEFINITIONS = shared_root() / "adience" / "model_definitions"
 HEAVY_MACS = 5e9  # VGG16 (~15.5 G multiply-adds per image) is verified at smaller batches
 
 
-def _digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _deploy_files() -> list[Path]:
-    """The 38 deploys, identical contents next to each other (the export runs once per content)."""
-    files = sorted(DEFINITIONS.glob("*/deploy.prototxt")) if DEFINITIONS.is_dir() else []
-    return sorted(files, key=lambda p: (_digest(p), p.parent.name))
-
-
-DEPLOYS = _deploy_files()
-
-
-def _macs(net: CaffeNet) -> float:
-    total = 0.0
-    for info in net.parameter_layers():
-        weight = net.caffe_tensors(info.name)[0]
-        if info.type == "Convolution":
-            total += weight.numel() * float(np.prod(info.out_shapes[0][2:]))
-        elif info.type == "InnerProduct":
-            total += weight.numel()
-    return total
+DEPLOYS = deploy_files(DEFINITIONS)
 
 
 def logit_blobs(net: CaffeNet) -> list[str]:
@@ -667,7 +647,7 @@ class ExportCache:
         self.current: Exported | None = None
 
     def get(self, deploy: Path) -> Exported:
-        digest = _digest(deploy)
+        digest = file_digest(deploy)
         if digest != self.digest:
             self.clear()
             self.current = self._build(deploy, self.folder / digest[:12], seed=int(digest[:6], 16) % 1000)
@@ -682,7 +662,7 @@ class ExportCache:
         init_seeded(net, seed)
         caffemodel = folder / "seeded.caffemodel"
         save_caffemodel(net, net.net_def, caffemodel, layout="V2")
-        heavy = _macs(net) > HEAVY_MACS
+        heavy = macs_per_image(net) > HEAVY_MACS
         batches = (1, 2) if heavy else (1, 7)
         names = logit_blobs(net) + net.output_names
         # verified inside the export against torch and OpenCV at both batch sizes, logits included
@@ -735,7 +715,7 @@ def _same_net_as_exported(deploy: Path, exported: Exported) -> CaffeNet:
 @pytest.mark.shared
 def test_all_38_deploys_have_8_contents() -> None:
     require_shared("adience", "model_definitions")
-    assert len(DEPLOYS) == 38 and len({_digest(p) for p in DEPLOYS}) == 8
+    assert len(DEPLOYS) == 38 and len({file_digest(p) for p in DEPLOYS}) == 8
 
 
 @pytest.mark.shared

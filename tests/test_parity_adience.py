@@ -31,7 +31,10 @@ from agegender.errors import AgegenderError, MissingFileError, ParityError
 from agegender.prototxt import parse_text, read_caffemodel, upgrade_net, write_prototxt
 
 from .conftest import require_shared, shared_root
-from .helpers import LAYOUTS, SeededModel, assert_state_dicts_equal, file_digest, write_seeded_caffemodels
+from .helpers import (
+    LAYOUTS, SeededModel, assert_state_dicts_equal, deploy_files, file_digest, macs_per_image,
+    write_seeded_caffemodels,
+)
 
 TOLERANCE = 1e-4
 
@@ -182,24 +185,7 @@ N_DEPLOYS = 38
 HEAVY_MACS = 5e9  # per image; VGG16 is ~15.5 G multiply-adds, GoogLeNet ~1.6 G, CaffeNet ~0.7 G
 
 
-def _deploy_files() -> list[Path]:
-    """The deploy files, identical contents next to each other (so per-content work is done once)."""
-    files = sorted(DEFINITIONS.glob("*/deploy.prototxt")) if DEFINITIONS.is_dir() else []
-    return sorted(files, key=lambda p: (file_digest(p), p.parent.name))
-
-
-DEPLOYS = _deploy_files()
-
-
-def macs_per_image(net: CaffeNet) -> float:
-    """Multiply-adds of the convolutions and inner products for one image."""
-    total = 0.0
-    for info in net.parameter_layers():
-        if info.type in ("Convolution", "InnerProduct"):
-            weight = net.caffe_tensors(info.name)[0]
-            out = info.out_shapes[0]
-            total += weight.numel() * (float(np.prod(out[2:])) if info.type == "Convolution" else 1.0)
-    return total
+DEPLOYS = deploy_files(DEFINITIONS)
 
 
 class SeededCache:
