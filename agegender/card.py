@@ -21,12 +21,13 @@ from . import __version__
 from ._atomic import atomic_write, atomic_write_text
 from .caffe2torch.flops import count_flops
 from .caffe2torch.net import CaffeNet
-from .errors import FileFormatError, MeanFileError, WeightsMismatchError
+from .errors import AgegenderError, FileFormatError, MeanFileError, WeightsMismatchError
 from .prototxt.files import read_blobproto
 from .zoo.cards import ModelCard, Preprocessing
 from .zoo.fetch import sha256_file
 
 CARD_FORMAT = "agegender-model-card/1"
+CARD_FILE = "card.json"
 
 
 def caffe_state_dict(net: CaffeNet) -> dict[str, torch.Tensor]:
@@ -185,5 +186,55 @@ def write_json(obj: Any, path: str | Path) -> None:
     atomic_write_text(path, json.dumps(_json_safe(obj), indent=2) + "\n")
 
 
-__all__ = ["CARD_FORMAT", "build_model_card", "caffe_state_dict", "check_mean", "file_entry", "load_safetensors",
-           "save_safetensors", "write_json"]
+# --- a conversion's folder: complete exactly when card.json is there --------------------------------------------
+# Every artefact is written atomically (old or new file, never half of one), but a folder holds several:
+# a conversion killed half-way would leave new weights beside an old card. So card.json is the folder's
+# completeness marker: start_output() removes it before any artefact is replaced, publish_card() writes it
+# last with the sha256 of every file of the conversion, and check_output() verifies a folder against it.
+def start_output(out_dir: str | Path, artefacts: Sequence[str] = ()) -> None:
+    """Begin writing a conversion into ``out_dir``: remove a previous card.json (so the folder no longer
+    claims to be complete) and the temporary files a killed earlier run left for ``artefacts``."""
+    out_dir = Path(out_dir)
+    try:
+        (out_dir / CARD_FILE).unlink(missing_ok=True)
+        for name in (CARD_FILE, *artefacts):
+            for stale in out_dir.glob(f".{name}.*.tmp"):  # atomic_write's temporary names
+                stale.unlink(missing_ok=True)
+    except OSError as exc:
+        raise AgegenderError(f"cannot write here: {exc.strerror}", path=out_dir / CARD_FILE) from None
+
+
+def publish_card(card: dict, out_dir: str | Path, files: Sequence[str]) -> dict:
+    """Write ``out_dir/card.json`` last, listing ``files`` (names in ``out_dir``, already written) with
+    their sha256 under ``card["files"]``. Returns the card."""
+    out_dir = Path(out_dir)
+    card["files"] = {name: sha256_file(out_dir / name) for name in files}
+    write_json(card, out_dir / CARD_FILE)
+    return card
+
+
+def check_output(out_dir: str | Path) -> dict:
+    """The card of a complete conversion folder; raises :class:`FileFormatError` when ``out_dir`` has no
+    card.json (an unfinished or interrupted conversion) or a file it lists is missing or differs."""
+    card_path = Path(out_dir) / CARD_FILE
+    if not card_path.is_file():
+        raise FileFormatError("no card.json: not a finished conversion (interrupted?)", path=card_path.parent,
+                              hint="run the conversion again")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        files = card["files"]
+        assert isinstance(files, dict)
+    except (OSError, ValueError, KeyError, TypeError, AssertionError):
+        raise FileFormatError("not a model card written by agegender (no file list)", path=card_path) from None
+    for name, digest in files.items():
+        path = card_path.parent / name
+        if not path.is_file():
+            raise FileFormatError(f"the card lists {name}, which is missing", path=path)
+        if sha256_file(path) != digest:
+            raise FileFormatError(f"{name} is not the file the card lists (sha256 differs)", path=path,
+                                  hint="the folder was changed after the conversion: run it again")
+    return card
+
+
+__all__ = ["CARD_FILE", "CARD_FORMAT", "build_model_card", "caffe_state_dict", "check_mean", "check_output",
+           "file_entry", "load_safetensors", "publish_card", "save_safetensors", "start_output", "write_json"]

@@ -91,6 +91,50 @@ def handle_errors(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+# --- progress ---------------------------------------------------------------------------------------
+class ProgressBars:
+    """A rich progress display on stderr, one bar per stage, with counts and images/s.
+
+    ``bars.update(stage, done, total)`` is the :data:`~agegender.folds.build.BuildProgress` callback.
+    """
+
+    def __init__(self, prefix: str = "") -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.text import Text
+
+        class RateColumn(ProgressColumn):
+            def render(self, task) -> Text:  # type: ignore[no-untyped-def]
+                speed = task.finished_speed or task.speed
+                return Text("-- img/s" if speed is None else f"{speed:,.0f} img/s", style="progress.data.speed")
+
+        self.prefix = prefix
+        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=_stderr(), transient=False)
+        self._tasks: dict[str, int] = {}
+
+    def __enter__(self) -> "ProgressBars":
+        self._progress.start()
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:
+            # the error is then the command's only line (the bars stay on screen only on success)
+            self._progress.live.transient = True
+            for task in self._tasks.values():
+                self._progress.update(task, visible=False)
+        self._progress.stop()
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        key = self.prefix + stage
+        task = self._tasks.get(key)
+        if task is None:
+            # a resumed write starts at its committed count: the rate counts only this run's images
+            task = self._tasks[key] = self._progress.add_task(key, total=total, completed=done)
+        else:
+            self._progress.update(task, completed=done, total=total)
+
+
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"agegender {__version__}")
@@ -187,7 +231,8 @@ def convert(
     Writes OUT/model.safetensors (keys = Caffe layer names, e.g. conv1.weight), OUT/card.json and
     OUT/parity.json (every layer compared with OpenCV dnn on seeded inputs), and OUT/model.onnx with
     OUT/model.export.json (see `agegender export`; --no-onnx skips it). A parity failure exits with
-    code 6, after writing the reports.
+    code 6, after writing the reports. OUT/card.json is removed first and written last, with the sha256
+    of every file: a folder without it holds an unfinished (e.g. interrupted) conversion.
 
     Examples:
 
@@ -198,7 +243,7 @@ def convert(
       agegender convert age_net_definitions --zoo ~/understanding-age-gender --weights fold0.caffemodel
     """
     from .caffe2torch.api import load
-    from .card import build_model_card, save_safetensors, write_json
+    from .card import build_model_card, publish_card, save_safetensors, start_output, write_json
     from .zoo import resolve
 
     _prototxt_or_name(name, prototxt)
@@ -228,6 +273,10 @@ def convert(
     # checks the mean image before anything is written
     card = build_model_card(net, name=model_name, prototxt=prototxt, caffemodel=caffemodel, mean_file=mean_file,
                             preprocessing=preprocessing, zoo_card=zoo_card, fold=fold, warnings=warnings)
+    # card.json goes first and comes back last, listing every file written: a convert killed at any point
+    # leaves no card.json beside files of another conversion (see card.start_output)
+    written = ["model.safetensors"]
+    start_output(out_dir, ("model.safetensors", "parity.json", "model.onnx", "model.export.json"))
     with err.status(f"writing {out_dir / 'model.safetensors'}"):
         digest = save_safetensors(net, out_dir / "model.safetensors", {"name": model_name})
     card["artefacts"]["safetensors"] = {"file": "model.safetensors", "sha256": digest}
@@ -249,6 +298,7 @@ def convert(
         else:
             parity.update({"passed": False, "error": parity_error.one_line() if parity_error else None})
         write_json(parity, out_dir / "parity.json")
+        written.append("parity.json")
         card["artefacts"]["parity"] = {"file": "parity.json", "passed": parity["passed"],
                                        "summary": report.summary() if report else parity["error"]}
     onnx_error = None
@@ -256,7 +306,9 @@ def convert(
         from .cli_export import convert_onnx
 
         card["artefacts"]["onnx"], onnx_error = convert_onnx(net, out_dir, card, prototxt, caffemodel, not skip_parity)
-    write_json(card, out_dir / "card.json")
+        if onnx_error is None:
+            written += [card["artefacts"]["onnx"]["file"], card["artefacts"]["onnx"]["report"]]
+    publish_card(card, out_dir, written)
 
     _print_convert_summary(net, card, report, out_dir)
     if parity_error is not None:
@@ -540,6 +592,19 @@ app.add_typer(data_app, name="data")
 from .cli_export import export  # noqa: E402
 
 app.command()(export)
+
+
+# --- eval and predict (agegender/cli_eval.py) ---------------------------------------------------------------
+from .cli_eval import eval_command, predict_command  # noqa: E402
+
+app.command("eval")(handle_errors(eval_command))
+app.command("predict")(handle_errors(predict_command))
+
+
+# --- train (agegender/cli_train.py) ---------------------------------------------------------------------
+from .cli_train import train  # noqa: E402
+
+app.command()(train)
 
 
 def main() -> None:

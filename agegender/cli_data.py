@@ -18,53 +18,9 @@ data_app = typer.Typer(
 )
 
 # imported after data_app exists: cli.py imports data_app from here, whichever module is loaded first
-from .cli import _stderr, _stdout, _usage, _warn, handle_errors  # noqa: E402
+from .cli import ProgressBars, _stderr, _stdout, _usage, _warn, handle_errors  # noqa: E402
 
 FOLD_ROOT_HELP = "Clone of the Lapuschkin repository or its folds/ folder (default: env AGEGENDER_ZOO)."
-
-
-# --- progress ---------------------------------------------------------------------------------------
-class _ProgressBars:
-    """A rich progress display on stderr, one bar per stage, with counts and images/s.
-
-    ``bars.update(stage, done, total)`` is the :data:`~agegender.folds.build.BuildProgress` callback.
-    """
-
-    def __init__(self, prefix: str = "") -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
-        from rich.text import Text
-
-        class RateColumn(ProgressColumn):
-            def render(self, task) -> Text:  # type: ignore[no-untyped-def]
-                speed = task.finished_speed or task.speed
-                return Text("-- img/s" if speed is None else f"{speed:,.0f} img/s", style="progress.data.speed")
-
-        self.prefix = prefix
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                                  TimeElapsedColumn(), TimeRemainingColumn(), console=_stderr(), transient=False)
-        self._tasks: dict[str, int] = {}
-
-    def __enter__(self) -> "_ProgressBars":
-        self._progress.start()
-        return self
-
-    def __exit__(self, exc_type: object, *exc: object) -> None:
-        if exc_type is not None:
-            # the error is then the command's only line (the bars stay on screen only on success)
-            self._progress.live.transient = True
-            for task in self._tasks.values():
-                self._progress.update(task, visible=False)
-        self._progress.stop()
-
-    def update(self, stage: str, done: int, total: int) -> None:
-        key = self.prefix + stage
-        task = self._tasks.get(key)
-        if task is None:
-            # a resumed write starts at its committed count: the rate counts only this run's images
-            task = self._tasks[key] = self._progress.add_task(key, total=total, completed=done)
-        else:
-            self._progress.update(task, completed=done, total=total)
 
 
 # --- build ----------------------------------------------------------------------------------------
@@ -158,7 +114,7 @@ def _build_folds(adience_root: Path, folds: list[int], target: str, variant: str
     fold_lists = open_folds(zoo)
     reports = []
     for fold in folds:
-        with _ProgressBars(prefix=f"fold {fold} ") as bars:
+        with ProgressBars(prefix=f"fold {fold} ") as bars:
             reports.append(build_fold(adience_root, fold, target, variant, out, resize, encoded, on_missing,  # type: ignore[arg-type]
                                       bars.update, folds=fold_lists))
     table = Table(title=f"{variant} {target} LMDBs in {out}")
@@ -183,7 +139,7 @@ def _build_list(list_path: Path, images: Path, out: Path, resize: Optional[int],
                 seed: int, on_missing: str, overwrite: bool) -> None:
     from .folds.build import build_from_list
 
-    with _ProgressBars() as bars:
+    with ProgressBars() as bars:
         result = build_from_list(list_path, images, out, resize, encoded, shuffle, on_missing,  # type: ignore[arg-type]
                                  seed=seed, overwrite=overwrite, progress=bars.update)
     _stdout().print(f"wrote {result.path}: {result.records} records ({result.status})"
@@ -224,7 +180,7 @@ def mean(
     """
     from .folds.lmdb_io import compute_image_mean
 
-    with _ProgressBars() as bars:
+    with ProgressBars() as bars:
         values = compute_image_mean(lmdb_path, out, progress=lambda done, total: bars.update("mean", done, total))
     channel_means = values[0].mean(axis=(1, 2), dtype="float64")
     _stdout().print(f"wrote {out}: {' x '.join(map(str, values.shape))} mean image, channel means "
@@ -250,7 +206,7 @@ def info(
 
     from .folds.build import lmdb_info
 
-    with _ProgressBars() as bars:
+    with ProgressBars() as bars:
         found = lmdb_info(lmdb_path, progress=bars.update)
     if as_json:
         typer.echo(json.dumps({

@@ -12,7 +12,7 @@ import typer
 
 from .caffe2torch.export_onnx import DEFAULT_OPSET, OPSET_RANGE
 from .cli import ZOO_HELP, _prototxt_or_name, _stderr, _stdout, _usage, handle_errors
-from .errors import ParityError
+from .errors import AgegenderError, ParityError
 
 FORMATS = ("onnx", "python")
 
@@ -48,7 +48,8 @@ def export(
     compared with the PyTorch module and OpenCV dnn before it is written; a mismatch exits with code 6 and
     writes nothing. Python: NAME.py (an nn.Module with Caffe's layer names, importing only torch) and
     NAME.pt (its state_dict), checked against the PyTorch module the same way. A report
-    (NAME.export.json) is written beside the file.
+    (NAME.export.json) is written beside the file, last, with the sha256 of the files it describes
+    (an existing one is removed first: without a report, the export is unfinished).
 
     Examples:
 
@@ -63,6 +64,7 @@ def export(
     from .caffe2torch.api import load
     from .card import build_model_card, write_json
     from .zoo import resolve
+    from .zoo.fetch import sha256_file
 
     fmt = fmt.lower()
     if fmt not in FORMATS:
@@ -101,6 +103,13 @@ def export(
         net = load(prototxt, caffemodel)
     card = build_model_card(net, name=model_name, prototxt=prototxt, caffemodel=caffemodel, mean_file=mean_file,
                             preprocessing=preprocessing, zoo_card=zoo_card, fold=fold, warnings=warnings)
+    # the report goes first and comes back last, with the sha256 of the files it describes: an export
+    # killed between writing its files leaves no report beside a file of another export
+    report_file = _report_path(target)
+    try:
+        report_file.unlink(missing_ok=True)
+    except OSError as exc:
+        raise AgegenderError(f"cannot write here: {exc.strerror}", path=report_file) from None
     if fmt == "onnx":
         from .caffe2torch.export_onnx import export_onnx, opencv_reference
 
@@ -109,6 +118,7 @@ def export(
             report = export_onnx(net, target, opset=opset, fp16=fp16, card=card, reference=engine)
         lines = [f"wrote {target}: {report.summary()}"]
         lines += [f"  {r.summary()}" for r in report.verification]
+        files = [target]
     else:
         from .caffe2torch.export_python import export_python
 
@@ -117,9 +127,9 @@ def export(
         written = f"{report.source_path} and {report.weights_path.name}"  # type: ignore[attr-defined]
         lines = [f"wrote {written}: {report.summary()}"]
         lines += [f"  {r.summary()}" for r in report.verification]
-    report_file = _report_path(target)
-    write_json({"model": model_name, "prototxt": str(prototxt), "caffemodel": str(caffemodel), **report.as_dict()},
-               report_file)
+        files = [report.source_path, report.weights_path]  # type: ignore[attr-defined]
+    write_json({"model": model_name, "prototxt": str(prototxt), "caffemodel": str(caffemodel), **report.as_dict(),
+                "files": {Path(f).name: sha256_file(f) for f in files}}, report_file)
     console = _stdout()
     for line in lines + [f"report: {report_file}"]:
         console.print(line, soft_wrap=True, markup=False)

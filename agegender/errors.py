@@ -35,6 +35,10 @@ class AgegenderError(Exception):
         self.hint = hint
         super().__init__(self.one_line())
 
+    def __str__(self) -> str:
+        # built on demand: code that adds the file or layer after raising (e.g. build_ir) changes it
+        return self.one_line()
+
     def where(self) -> str:
         parts = []
         if self.path:
@@ -112,3 +116,10 @@ class ZooError(AgegenderError):
     """A model name the zoo does not know, or files of a zoo model that cannot be found or fetched."""
 
     exit_code = 7
+
+
+class TrainingError(AgegenderError):
+    """Training cannot start or cannot go on: an unsupported solver setting, a loss that became NaN or
+    infinite, a checkpoint that does not belong to the run being resumed."""
+
+    exit_code = 8

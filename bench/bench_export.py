@@ -35,12 +35,7 @@ from typing import Callable
 
 import common
 
-ARCHS = {
-    "adiencenet": "age_net_definitions",
-    "caffenet": "age_fromscratch_caffereference",
-    "googlenet": "age_fromscratch_googlenet",
-    "vgg16": "age_imdbwiki_vgg16",
-}
+ARCHS = common.ARCHS
 ENGINES = ("onnxruntime", "opencv", "torch")
 INPUT_SCALE = 50.0
 TOLERANCE = 1e-4

@@ -41,12 +41,7 @@ if TYPE_CHECKING:
 
     from agegender.caffe2torch import CaffeNet
 
-ARCHS = {
-    "adiencenet": "age_net_definitions",
-    "caffenet": "age_fromscratch_caffereference",
-    "googlenet": "age_fromscratch_googlenet",
-    "vgg16": "age_imdbwiki_vgg16",
-}
+ARCHS = common.ARCHS
 VARIANTS = ("nchw", "jit_freeze", "relu_inplace", "compile")
 INPUT_SCALE = 50.0  # about the spread of mean-subtracted 0..255 pixels
 LOGIT_TOLERANCE = 1e-4  # relative to the blob's largest magnitude (OpenCV vs Caffe: 1.7e-5, see shared README)

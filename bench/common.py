@@ -22,6 +22,15 @@ if str(REPO) not in sys.path:
 WORK_DIR = REPO / "bench" / "_work"  # scratch files (git-ignored)
 MIB = 1024 * 1024
 
+# One deploy of each architecture (folders of adience/model_definitions)
+ARCHS = {
+    "adiencenet": "age_net_definitions",
+    "caffenet": "age_fromscratch_caffereference",
+    "googlenet": "age_fromscratch_googlenet",
+    "vgg16": "age_imdbwiki_vgg16",
+}
+ARCH_NAMES = {"adiencenet": "AdienceNet", "caffenet": "CaffeNet", "googlenet": "GoogLeNet", "vgg16": "VGG16"}
+
 
 def shared_root() -> Path:
     """The project's shared files (``../shared`` beside the repository, or ``$AGEGENDER_SHARED``)."""
@@ -159,8 +168,9 @@ def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 
 __all__ = [
-    "MIB", "REPO", "WORK_DIR", "cpu_model", "current_rss_mib", "load_line", "machine_lines", "median", "memory_gib",
-    "model_definitions", "peak_rss_mib", "require_file", "shared_root", "spread", "table", "usable_cores",
+    "ARCHS", "ARCH_NAMES", "MIB", "REPO", "WORK_DIR", "cpu_model", "current_rss_mib", "load_line", "machine_lines",
+    "median", "memory_gib", "model_definitions", "peak_rss_mib", "require_file", "shared_root", "spread", "table",
+    "usable_cores",
 ]
 
 

@@ -492,12 +492,40 @@ def test_blob_count_mismatch(tiny: dict[str, Path], tmp_path: Path) -> None:
     assert "bias_term" in (err.hint or "")
 
 
-def test_missing_layer_weights(tiny: dict[str, Path], tmp_path: Path) -> None:
+def test_missing_layer_weights(tiny: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = _net_file(tmp_path, TINY.replace('name: "fc"', 'name: "fc_new"'))
     expect(WeightsMismatchError, lambda: load(path, tiny["V2"]), path=tiny["V2"], layer="fc_new",
            words=("no weights", "fc_new"))
-    net = load(path, tiny["V2"], allow_missing=True)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        net = load(path, tiny["V2"], allow_missing=True)
     assert net.weights_report.missing == ["fc_new"] and net.weights_report.extra == ["fc"]
+    # asking for it is allowed, but loudly: the layers left uninitialised are named
+    loud = [r for r in caplog.records if "UNINITIALISED" in r.getMessage()]
+    assert len(loud) == 1 and loud[0].levelname == "WARNING" and "fc_new" in loud[0].getMessage()
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load(tiny["prototxt"], tiny["V2"])
+    assert not [r for r in caplog.records if "UNINITIALISED" in r.getMessage()]
+
+
+def test_weightless_and_empty_caffemodels(tiny: dict[str, Path], tmp_path: Path) -> None:
+    """Caffe runs a net on random weights, exit 0, when its caffemodel is empty or holds no blobs: we refuse."""
+    from agegender.prototxt import write_message_binary
+
+    empty = tmp_path / "empty.caffemodel"
+    empty.write_bytes(b"")
+    expect(CaffemodelError, lambda: load(tiny["prototxt"], empty), path=empty, words=("empty", "0 bytes"))
+    for layout in ("V1", "V2"):  # every layer, no blob: a net definition saved as binary
+        stripped = read_caffemodel(tiny[layout]).net
+        assert stripped is not None
+        for layer in stripped.layer:
+            layer.clear("blobs")
+        weightless = tmp_path / f"weightless_{layout}.caffemodel"
+        write_message_binary(stripped, weightless)
+        expect(CaffemodelError, lambda: read_caffemodel(weightless), path=weightless,
+               words=("holds no weights", f"none of its {len(stripped.layer)} layer(s)"))
+        expect(CaffemodelError, lambda: load(tiny["prototxt"], weightless, allow_missing=True), path=weightless)
 
 
 def test_nan_weights(tiny: dict[str, Path], tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import AgegenderError, NetDefinitionError
 from .ir import LayerIR, NetIR, Shape
+from .converters._util import check_blob_shape
 from .registry import converter_for
 
 
@@ -70,7 +71,12 @@ class CaffeNet(nn.Module):
                         f"the shape of input blob '{b}' is unknown", path=ir.path, layer=layer.name,
                         hint=f"give it, e.g. input_shapes={{'{b}': (1, 3, 227, 227)}}",
                     )
-            converted = converter_for(layer)(layer, bottom_shapes)
+            try:
+                converted = converter_for(layer)(layer, bottom_shapes)
+            except NetDefinitionError as exc:
+                if exc.layer is None and exc.path is None:  # from a shared helper: say which layer
+                    raise layer.error(exc.message, type(exc), exc.hint) from None
+                raise
             if len(converted.out_shapes) != len(layer.tops):
                 raise layer.error(f"produces {len(converted.out_shapes)} blob(s) but names {len(layer.tops)} top(s)")
             out_shapes = list(converted.out_shapes)
@@ -90,6 +96,10 @@ class CaffeNet(nn.Module):
                 self.add_module(module_name, converted.module)
                 self._plan.append((module_name, tuple(layer.bottoms), tuple(layer.tops)))
             for top, shape in zip(layer.tops, out_shapes):
+                try:
+                    check_blob_shape(tuple(shape), f"top blob '{top}'")
+                except NetDefinitionError as exc:
+                    raise layer.error(exc.message) from None
                 shapes[top] = tuple(shape)
             self.layer_info.append(LayerInfo(
                 name=layer.name, type=layer.type, module_name=module_name, bottoms=tuple(layer.bottoms),

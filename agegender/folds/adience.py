@@ -106,6 +106,8 @@ def parse_age(text: str) -> tuple[int, int] | None:
     if text == "None":
         return None
     match = _AGE_RANGE.fullmatch(text)
+    if len(text) > 40:  # no age has more digits than that (and int() refuses thousands of them)
+        raise ValueError(f"not an Adience age: {text[:40]!r}...")
     if match:
         return int(match.group(1)), int(match.group(2))
     if _AGE_YEARS.fullmatch(text):
@@ -149,9 +151,10 @@ def read_fold_metadata(path: str | Path) -> list[FaceRecord]:
 
         numbers = {}
         for column in _INT_COLUMNS:
-            if not _INTEGER.fullmatch(row[column].strip()):
-                raise bad(column, "an integer")
-            numbers[column] = int(row[column])
+            text = row[column].strip()  # (str.strip drops more kinds of space than int() accepts)
+            if not _INTEGER.fullmatch(text) or len(text) > 20:
+                raise bad(column, "an integer" if len(text) <= 20 else "a 64-bit integer")
+            numbers[column] = int(text)
         try:
             age = parse_age(row["age"])
         except ValueError:
@@ -203,16 +206,18 @@ class LabelMap:
             lines.pop()
         if not lines:
             raise FileFormatError("the label map is empty", path=path)
+        first_line: dict[str, int] = {}
         for number, name in enumerate(lines, start=1):
             if not name:
                 raise FileFormatError(
                     "blank line between class names (line i names label i-1, so it would shift every label)",
                     path=path, line=number,
                 )
-            if name in lines[: number - 1]:
+            if name in first_line:
                 raise FileFormatError(
-                    f"the class name {name!r} is already on line {lines.index(name) + 1}", path=path, line=number
+                    f"the class name {name!r} is already on line {first_line[name]}", path=path, line=number
                 )
+            first_line[name] = number
         return cls(tuple(lines), str(path))
 
     def __len__(self) -> int:

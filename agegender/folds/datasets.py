@@ -34,6 +34,7 @@ from .transforms import (
     CaffeTransform,
     CropParams,
     RandomSource,
+    host_to_device,
     hwc_to_chw,
     load_image_bgr,
     resize_like_convert_imageset,
@@ -332,7 +333,7 @@ class GPUResidentDataset:
         if params is None:
             params = self.transform.sample_params(indices.size, height, width, generator)
         images = self.transform.apply_indexed(self.images, indices, params)
-        labels = self.labels[torch.as_tensor(indices, device=self.device)]
+        labels = self.labels[host_to_device(indices, self.device)]
         return ResidentBatch(images, labels, indices, params)
 
     def iterate(self, batch_size: int, shuffle: bool = False, generator: RandomSource = None, *,

@@ -139,8 +139,8 @@ class ImageList:
                     )
         try:
             label_array = np.array(list(map(int, labels)), dtype=np.int64)
-        except OverflowError:
-            big = next(i for i, label in enumerate(labels) if not -(2**63) <= int(label) < 2**63)
+        except (OverflowError, ValueError):  # ValueError: more digits than int() converts
+            big = next(i for i, label in enumerate(labels) if len(label) > 20 or not -(2**63) <= int(label) < 2**63)
             raise FileFormatError(f"the label {_clip(labels[big])} does not fit in 64 bits",
                                   path=source, line=numbers[big]) from None
         return cls(paths, label_array, numbers, source)

@@ -26,6 +26,7 @@ import logging
 import operator
 import os
 import shutil
+import struct
 import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
@@ -86,11 +87,57 @@ def _check_lmdb_folder(path: Path) -> Path:
     return data_file
 
 
+_LMDB_MAGIC = 0xBEEFC0DE
+_LMDB_PAGE_HEADER = 16  # MDB_page's header on 64-bit builds; the MDB_meta follows it
+
+
+def _check_lmdb_size(data_file: Path) -> None:
+    """Refuse a ``data.mdb`` shorter than its own meta page says (a download or copy cut short).
+
+    LMDB maps the file and trusts its page numbers: touching a page past the end of a truncated file
+    kills the process with SIGBUS instead of raising. The meta pages (pages 0 and 1; LMDB uses the one
+    of the later transaction) give the page size and the last page in use, so the size the file must
+    have is known before LMDB opens it. A file whose meta pages cannot be read this way (not an LMDB,
+    a 32-bit or big-endian build) is left to LMDB, which refuses those itself.
+    """
+    try:
+        size = data_file.stat().st_size
+        with open(data_file, "rb") as handle:
+            first = handle.read(_LMDB_PAGE_HEADER + 144)
+            if len(first) < _LMDB_PAGE_HEADER + 144:
+                return
+            page_size = struct.unpack_from("<I", first, _LMDB_PAGE_HEADER + 24)[0]  # mm_dbs[FREE].md_pad
+            if not 512 <= page_size <= 1 << 16:
+                return
+            handle.seek(page_size)
+            second = handle.read(_LMDB_PAGE_HEADER + 144)
+    except OSError as exc:
+        raise MissingFileError(f"cannot read the LMDB: {exc.strerror}", path=data_file) from None
+    metas = []
+    for page in (first, second):
+        if len(page) < _LMDB_PAGE_HEADER + 144:
+            continue
+        magic, version = struct.unpack_from("<II", page, _LMDB_PAGE_HEADER)
+        last_page, txn_id = struct.unpack_from("<QQ", page, _LMDB_PAGE_HEADER + 120)
+        if magic == _LMDB_MAGIC and version == 1:
+            metas.append((txn_id, last_page))
+    if not metas:
+        return
+    _, last_page = max(metas)
+    needed = (last_page + 1) * page_size
+    if size < needed:
+        raise FileFormatError(
+            f"the LMDB's data.mdb is truncated: {size:,} bytes, but its last transaction uses {needed:,} "
+            f"({last_page + 1:,} pages of {page_size} bytes)", path=data_file,
+            hint="the file was cut short (an interrupted copy or download?): copy or build it again",
+        )
+
+
 def _open_env(path: Path) -> Any:
     """Open an existing LMDB folder read-only, creating nothing in it (no lock file)."""
     import lmdb
 
-    _check_lmdb_folder(path)
+    _check_lmdb_size(_check_lmdb_folder(path))
     try:
         return lmdb.open(str(path), readonly=True, lock=False, readahead=False, subdir=True, create=False)
     except lmdb.Error as exc:
@@ -145,12 +192,79 @@ class _SharedEnvironments:
 _SHARED_ENVS = _SharedEnvironments()
 
 
+# An image file cannot hold more pixels than this per byte (constant PNGs reach ~300, JPEGs ~60): a header
+# that declares more is corrupted, and decoding it would allocate far more memory than the record's size
+_MAX_PIXELS_PER_BYTE = 1024
+_MIN_PIXEL_ALLOWANCE = 1 << 22  # small files may always declare up to 2048 x 2048 pixels
+
+
+def _declared_image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) that an image file's header declares (PNG, JPEG, BMP, GIF); None for other formats
+    or a header too damaged to say, which OpenCV then refuses or decodes under its own pixel limit."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) >= 24:
+        width, height = struct.unpack_from(">II", data, 16)
+        return width, height
+    if data.startswith(b"BM") and len(data) >= 26:
+        width, height = struct.unpack_from("<ii", data, 18)
+        return abs(width), abs(height)
+    if data.startswith((b"GIF87a", b"GIF89a")) and len(data) >= 10:
+        width, height = struct.unpack_from("<HH", data, 6)
+        return width, height
+    if data.startswith(b"\xff\xd8"):
+        pos = 2
+        while pos + 4 <= len(data) and data[pos] == 0xFF:
+            marker = data[pos + 1]
+            if marker == 0xFF:  # fill byte
+                pos += 1
+            elif marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:  # markers without a length
+                pos += 2
+            elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start of frame
+                if pos + 9 > len(data):
+                    return None
+                height, width = struct.unpack_from(">HH", data, pos + 5)
+                return width, height
+            elif marker == 0xDA:  # image data before any frame header
+                return None
+            else:
+                pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return None
+
+
+def _png_chunk_overrun(data: bytes) -> str | None:
+    """What is wrong with a PNG whose chunk declares more bytes than the file holds, else None.
+
+    OpenCV allocates a chunk's declared length before reading it: one corrupted length field in a
+    100-byte PNG costs up to 2 GiB."""
+    if not data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return None
+    pos = 8
+    while pos + 8 <= len(data):
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        if pos + 12 + length > len(data):
+            name = kind.decode("latin-1")
+            return (f"its {name!r} chunk declares {length:,} bytes where {max(len(data) - pos - 12, 0):,} remain "
+                    "(truncated or corrupted)")
+        if kind == b"IEND":
+            break
+        pos += 12 + length
+    return None
+
+
 def _decode_image(data: bytes, flag: int, key: str, path: Path) -> np.ndarray:
     """An encoded Datum's image as Caffe decodes it (``cv::imdecode``), C x H x W."""
     import cv2
 
     if not data:
         raise CaffemodelError(f"record '{key}': an encoded Datum with no image bytes", path=path)
+    overrun = _png_chunk_overrun(data)
+    if overrun:
+        raise CaffemodelError(f"record '{key}': the encoded image is a damaged PNG: {overrun}", path=path)
+    declared = _declared_image_size(data)
+    if declared is not None and declared[0] * declared[1] > max(_MIN_PIXEL_ALLOWANCE, _MAX_PIXELS_PER_BYTE * len(data)):
+        raise CaffemodelError(
+            f"record '{key}': the encoded image declares {declared[0]} x {declared[1]} pixels in {len(data):,} bytes, "
+            "more than an image file of that size can hold (a corrupted header?)", path=path,
+        )
     try:
         image = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
     except cv2.error:
@@ -583,6 +697,13 @@ def _resume_keys(partial: Path, settings: dict) -> set[bytes]:
     if not partial.exists():
         return set()
     info_file = partial / _PARTIAL_INFO
+    if not info_file.exists() and partial.is_dir():
+        # killed between creating the folder and writing its settings: nothing was written yet
+        ours = [p for p in partial.iterdir() if p.name.startswith(f".{_PARTIAL_INFO}.") and p.name.endswith(".tmp")]
+        if len(ours) == len(list(partial.iterdir())):
+            for leftover in ours:
+                leftover.unlink(missing_ok=True)
+            return set()
     try:
         stored = json.loads(info_file.read_text())
     except (OSError, ValueError):

@@ -615,8 +615,8 @@ class CaffeTransform:
 
         device = batch.device
         # one small host-to-device copy for all per-sample choices
-        choices = torch.as_tensor(np.stack([sample, params.h_off, params.w_off, params.mirror.astype(np.int64)]),
-                                  device=device)
+        choices = host_to_device(np.stack([sample, params.h_off, params.w_off, params.mirror.astype(np.int64)]),
+                                 device)
         sample_t, h_off, w_off, mirror = choices[0], choices[1], choices[2], choices[3].bool()
         out = _gather_windows_torch(batch, sample_t, h_off, w_off, mirror, crop_h, crop_w).to(torch.float32)
         if self.mean is not None:
@@ -633,6 +633,18 @@ class CaffeTransform:
         if self.scale != 1.0:
             out.mul_(self.scale)  # the scalar is applied in float32, as Caffe's Dtype scale
         return out
+
+
+def host_to_device(array: np.ndarray, device: Any) -> "torch.Tensor":
+    """A small host array as a tensor on ``device``. To a GPU it goes through pinned memory without blocking:
+    a pageable copy waits for everything queued on the device first, which would stall a training loop that
+    builds each batch while the previous step runs."""
+    import torch
+
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)  # the pinned block is kept until the copy ends
+    return tensor.to(device)
 
 
 def _as_batch(images: Any) -> tuple[Any, bool]:

@@ -6,6 +6,7 @@ column, layer or byte offset); none lets an exception from the parsing machinery
 
 from __future__ import annotations
 
+import math
 import mmap
 import os
 from dataclasses import dataclass, field
@@ -22,6 +23,11 @@ from .wire import decode_message, encode_parts
 
 # files larger than this are refused by protobuf-based readers (Caffe, OpenCV); we read them anyway
 PROTOBUF_LIMIT = 512 * 1024 * 1024
+# text prototxts (nets, solvers) larger than this are refused before they are read
+MAX_TEXT_BYTES = 64 << 20
+# Caffe's Blob::Reshape refuses more values than INT_MAX ("blob size exceeds INT_MAX"), as do we
+_MAX_BLOB_COUNT = 2**31 - 1
+_MAX_BLOB_AXES = 32  # Caffe's kMaxBlobAxes
 
 
 def _check_file(path: str | Path, what: str) -> Path:
@@ -69,6 +75,12 @@ def _looks_like_text(head: bytes) -> bool:
 def read_text_message(path: str | Path, mtype: str, what: str) -> Message:
     """Parse a text protobuf file as ``mtype``, refusing binary files with a clear message."""
     path = _check_file(path, what)
+    size = path.stat().st_size
+    if size > MAX_TEXT_BYTES:  # parsing keeps a token object per few bytes: bound the memory it takes
+        raise FileFormatError(
+            f"{what} is {size:,} bytes, more than the {MAX_TEXT_BYTES >> 20} MiB a text prototxt may have "
+            "(the largest real ones are under 1 MiB)", path=path, hint="is this the right file?",
+        )
     raw = path.read_bytes()
     if b"\x00" in raw[:4096] or (raw and not _looks_like_text(raw) and _sniff_binary_kind(raw[:64])):
         kind = _sniff_binary_kind(raw[:64]) or "a binary file"
@@ -155,7 +167,7 @@ def blob_to_array(blob: Message, where: str, path: str | None) -> tuple[np.ndarr
         shape = None  # type: ignore[assignment]
         legacy = False
     if shape is not None and any(d < 0 for d in shape):
-        raise CaffemodelError(f"{where}: negative dimension in shape {shape}", path=path)
+        raise CaffemodelError(f"{where}: negative dimension in shape {list(shape)}", path=path)
     if blob.has("data"):
         data = blob.data
     elif blob.has("double_data"):
@@ -166,7 +178,14 @@ def blob_to_array(blob: Message, where: str, path: str | None) -> tuple[np.ndarr
         data = np.asarray(data, dtype=np.float32)
     if shape is None:
         shape = (data.size,)
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if len(shape) > _MAX_BLOB_AXES:
+        raise CaffemodelError(f"{where}: a shape of {len(shape)} axes, more than Caffe's {_MAX_BLOB_AXES} "
+                              "(corrupted dimensions?)", path=path)
+    count = math.prod(shape)  # Python integers: declared dimensions may be absurd, the product must not wrap
+    # the non-zero axes too: numpy refuses even an empty array whose other axes multiply past its limits
+    if math.prod(d for d in shape if d) > _MAX_BLOB_COUNT:
+        raise CaffemodelError(f"{where}: shape {list(shape)} exceeds Caffe's limit of {_MAX_BLOB_COUNT:,} (INT_MAX) "
+                              "values per blob (corrupted dimensions?)", path=path)
     if count != data.size:
         raise CaffemodelError(
             f"{where}: shape {list(shape)} needs {count} values but the blob holds {data.size}"
@@ -229,6 +248,12 @@ def read_caffemodel(path: str | Path) -> CaffeWeights:
             offsets.append(offset if is_view else None)
         weights.layers[name] = LayerBlobs(name=name, type=layer.type, blobs=arrays, legacy_shape=legacy,
                                           file_offsets=offsets)
+    if not weights.layers:
+        # Caffe loads such a file without a word and runs the net on its random initial weights
+        raise CaffemodelError(
+            f"caffemodel holds no weights: none of its {len(net.layer)} layer(s) carries a blob", path=path,
+            hint="a net definition saved in binary form, or weights stripped from the file: use the trained caffemodel",
+        )
     return weights
 
 

@@ -11,7 +11,7 @@ import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from ..errors import PrototxtSyntaxError, UnknownFieldError
 from .message import Message
@@ -21,13 +21,16 @@ _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t\r\f\v]+|\n)
   | (?P<comment>\#[^\n]*)
-  | (?P<string>"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')
   | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?)
   | (?P<ident>-?[A-Za-z_][A-Za-z0-9_]*)
   | (?P<symbol>[{}<>:\[\],;])
     """,
     re.VERBOSE,
 )
+# where a quoted string may stop: its quote, an escape or the end of the line (strings are scanned by
+# _string_end, not by _TOKEN: a regex group repeated per character or escape keeps ~100-200 bytes of state
+# per repetition, far more memory than the file for a long string)
+_STRING_STOPS = {'"': re.compile(r'["\\\n]'), "'": re.compile(r"['\\\n]")}
 _NUMBER_TAIL = re.compile(r"[-+]?[\w.]+(?:[eE][-+]?[\w.]*)?")
 _MAX_DEPTH = 100
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f",
@@ -41,16 +44,41 @@ class _Token:
         self.kind, self.text, self.line, self.col = kind, text, line, col
 
 
-def _tokenize(text: str, path: str | None) -> list[_Token]:
-    tokens: list[_Token] = []
+def _string_end(text: str, start: int) -> int | None:
+    """The end of the quoted string starting at ``start`` (after its closing quote); None when the line
+    ends first. A backslash escapes the next character, except a line break."""
+    stops = _STRING_STOPS[text[start]]
+    pos = start + 1
+    while True:
+        stop = stops.search(text, pos)
+        if stop is None or stop.group() == "\n":
+            return None
+        if stop.group() != "\\":
+            return stop.end()
+        if stop.end() >= len(text) or text[stop.end()] == "\n":
+            return None
+        pos = stop.end() + 1
+
+
+def _tokenize(text: str, path: str | None) -> Iterator[_Token]:
+    """The tokens of ``text``, one at a time (the parser needs one of lookahead: holding them all would
+    take ~100 bytes per token, far more memory than the file for a file of one-character tokens), then
+    an ``eof`` token."""
     line, line_start, pos, end = 1, 0, 0, len(text)
     match = _TOKEN.match
     while pos < end:
+        if text[pos] in "\"'":
+            stop = _string_end(text, pos)
+            if stop is None:
+                raise PrototxtSyntaxError("string not closed before the end of the line", path=path, line=line,
+                                          col=pos - line_start + 1)
+            yield _Token("string", text[pos:stop], line, pos - line_start + 1)
+            pos = stop
+            continue
         m = match(text, pos)
         if m is None:
-            what = ("string not closed before the end of the line" if text[pos] in "\"'"
-                    else f"unexpected character {text[pos]!r}")
-            raise PrototxtSyntaxError(what, path=path, line=line, col=pos - line_start + 1)
+            raise PrototxtSyntaxError(f"unexpected character {text[pos]!r}", path=path, line=line,
+                                      col=pos - line_start + 1)
         kind = m.lastgroup
         tok = m.group(0)
         if kind == "number" and m.end() < end and (text[m.end()].isalnum() or text[m.end()] in "_."):
@@ -62,10 +90,9 @@ def _tokenize(text: str, path: str | None) -> list[_Token]:
                 line += 1
                 line_start = m.end()
         elif kind != "comment":
-            tokens.append(_Token(kind, tok, line, pos - line_start + 1))  # type: ignore[arg-type]
+            yield _Token(kind, tok, line, pos - line_start + 1)  # type: ignore[arg-type]
         pos = m.end()
-    tokens.append(_Token("eof", "", line, pos - line_start + 1))
-    return tokens
+    yield _Token("eof", "", line, pos - line_start + 1)
 
 
 def _unescape(raw: str, tok: _Token, path: str | None) -> bytes:
@@ -107,23 +134,24 @@ class _Parser:
     def __init__(self, text: str, path: str | None) -> None:
         self.path = path
         self.tokens = _tokenize(text, path)
-        self.i = 0
+        self.current = next(self.tokens)
 
     def error(self, message: str, tok: _Token | None = None) -> PrototxtSyntaxError:
-        tok = tok or self.tokens[self.i]
+        tok = tok or self.current
         return PrototxtSyntaxError(message, path=self.path, line=tok.line, col=tok.col)
 
     def peek(self) -> _Token:
-        return self.tokens[self.i]
+        return self.current
 
     def next(self) -> _Token:
-        tok = self.tokens[self.i]
-        self.i += 1
+        tok = self.current
+        if tok.kind != "eof":  # the end of file stays the current token
+            self.current = next(self.tokens)
         return tok
 
     def accept(self, text: str) -> bool:
-        if self.tokens[self.i].kind == "symbol" and self.tokens[self.i].text == text:
-            self.i += 1
+        if self.current.kind == "symbol" and self.current.text == text:
+            self.next()
             return True
         return False
 

@@ -23,6 +23,18 @@ _NP_TYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
 _VARINT_TYPES = {"int32", "int64", "uint32", "uint64", "bool", "sint32", "sint64"}
 
 
+class _Chunks(list):
+    """The numpy pieces of a repeated float/double field while its message is read, joined once at the end
+    (joining at every piece would be quadratic in a file that splits a field into many small runs)."""
+
+
+def _chunks(values: dict, spec: FieldSpec) -> _Chunks:
+    current = values.get(spec.name)
+    if not isinstance(current, _Chunks):
+        current = values[spec.name] = _Chunks()
+    return current
+
+
 class _Decoder:
     def __init__(self, buf: Any, path: str | None) -> None:
         self.mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
@@ -133,19 +145,18 @@ class _Decoder:
                 raise self.fail(f"unsupported wire type {wire} for field '{spec.name}'", tag_pos, where)
         if pos != end:
             raise self.fail("message runs past its declared length", pos, where)
+        for name, value in values.items():
+            if isinstance(value, _Chunks):
+                values[name] = value[0] if len(value) == 1 else np.concatenate(value)
         return msg
 
     def put(self, values: dict, spec: FieldSpec, value: Any) -> None:
-        if spec.repeated:
-            current = values.get(spec.name)
-            if current is None:
-                values[spec.name] = [value]
-            elif isinstance(current, list):
-                current.append(value)
-            else:  # a numpy array from a packed run, then more elements
-                values[spec.name] = list(current) + [value]
-        else:
+        if not spec.repeated:
             values[spec.name] = value
+        elif spec.type in _NP_TYPES:
+            _chunks(values, spec).append(np.array([value], dtype=_NP_TYPES[spec.type]))
+        else:
+            values.setdefault(spec.name, []).append(value)
 
     def convert_varint(self, spec: FieldSpec, raw: int, tag_pos: int, where: str) -> Any:
         if spec.type == "bool":
@@ -182,17 +193,15 @@ class _Decoder:
             arr = items  # type: ignore[assignment]
         else:
             raise self.fail(f"field '{spec.name}' cannot be packed", tag_pos, where)
-        current = values.get(spec.name)
-        if current is None or len(current) == 0:
-            values[spec.name] = arr
+        if spec.type in _NP_TYPES:
+            _chunks(values, spec).append(arr)
         else:
-            values[spec.name] = np.concatenate([np.asarray(current), np.asarray(arr)]) if spec.type in _NP_TYPES \
-                else list(current) + list(arr)
+            values.setdefault(spec.name, []).extend(arr)
 
     def unpacked_floats(self, values: dict, spec: FieldSpec, tag_pos: int, pos: int, end: int, where: str) -> int:
         """A run of non-packed floats (tag byte + 4 bytes each), read as one strided numpy view."""
         tag_len = pos - tag_pos
-        if tag_len != 1:
+        if tag_len != 1 or end - tag_pos < 5:  # one float, or a float cut short: read it alone
             if pos + 4 > end:
                 raise self.fail("truncated float", tag_pos, where)
             self.put(values, spec, struct.unpack_from("<f", self.mv, pos)[0])
@@ -200,14 +209,20 @@ class _Decoder:
         tag = self.mv[tag_pos]
         stride = 5
         n_max = (end - tag_pos) // stride
-        tags = np.frombuffer(self.buf, dtype=np.uint8, count=n_max * stride, offset=tag_pos)[::stride]
-        bad = np.flatnonzero(tags != tag)
-        count = int(bad[0]) if bad.size else n_max
+        # the run's length, found in windows that double: linear in the run, not in what follows it
+        # (a message of many short runs would otherwise rescan its remainder for every run)
+        count, window = 0, 64
+        while count < n_max:
+            n = min(window, n_max - count)
+            tags = np.frombuffer(self.buf, dtype=np.uint8, count=n * stride, offset=tag_pos + count * stride)[::stride]
+            bad = np.flatnonzero(tags != tag)
+            if bad.size:
+                count += int(bad[0])
+                break
+            count += n
+            window *= 2
         floats = np.ndarray((count,), dtype="<f4", buffer=self.buf, offset=tag_pos + 1, strides=(stride,)).copy()
-        current = values.get(spec.name)
-        values[spec.name] = floats if current is None or len(current) == 0 else np.concatenate(
-            [np.asarray(current, dtype="<f4"), floats]
-        )
+        _chunks(values, spec).append(floats)
         return tag_pos + count * stride
 
     def skip(self, wire: int, pos: int, end: int, where: str, tag_pos: int) -> int:

@@ -51,8 +51,23 @@ def spatial_values(
     return [int(v) for v in values]
 
 
+# Caffe's Blob::Reshape refuses a blob of more elements than this ("blob size exceeds INT_MAX")
+MAX_BLOB_COUNT = 2**31 - 1
+
+
+def check_blob_shape(shape: Shape, what: str) -> None:
+    """Refuse, as Caffe does, a blob shape with a negative axis or more than INT_MAX elements; checked
+    before anything of that size is allocated (a hostile prototxt cannot exhaust memory)."""
+    if any(d < 0 for d in shape):
+        raise NetDefinitionError(f"{what} would have the shape {list(shape)}, with a negative axis")
+    if count(shape) > MAX_BLOB_COUNT:
+        raise NetDefinitionError(f"{what} would have the shape {list(shape)}: {count(shape):,} elements, more than "
+                                 f"Caffe's limit of {MAX_BLOB_COUNT:,} (INT_MAX) per blob")
+
+
 def empty_param(*shape: int) -> nn.Parameter:
     """A parameter allocated but not initialised: weights come from the caffemodel (no slow init)."""
+    check_blob_shape(shape, "a parameter blob")
     return nn.Parameter(torch.empty(*shape))
 
 
@@ -63,4 +78,5 @@ def check_bottoms(layer: LayerIR, shapes: list[Shape], n: int | tuple[int, int])
         raise layer.error(f"expects {want} bottom blob(s), got {len(shapes)}")
 
 
-__all__ = ["NetDefinitionError", "canonical_axis", "check_bottoms", "count", "empty_param", "spatial_values"]
+__all__ = ["MAX_BLOB_COUNT", "NetDefinitionError", "canonical_axis", "check_blob_shape", "check_bottoms", "count",
+           "empty_param", "spatial_values"]

@@ -5,6 +5,8 @@ They appear in train_val nets; in a deploy net they are absent. Both take Caffe'
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -13,6 +15,7 @@ from ..registry import Converted, register
 from ._util import canonical_axis, check_bottoms, count
 
 _FLT_MIN = torch.finfo(torch.float32).tiny
+_LOG_FLT_MIN = math.log(_FLT_MIN)  # a Python float: no tensor op (and no torch.compile graph break) per call
 
 
 def _labels(layer: LayerIR, shapes: list[Shape], axis: int) -> None:
@@ -62,7 +65,8 @@ def convert_accuracy(layer: LayerIR, shapes: list[Shape]) -> Converted:
 
 
 class SoftmaxWithLoss(nn.Module):
-    """Caffe's SoftmaxWithLoss: ``-sum(log(max(p[label], FLT_MIN))) / normalizer``."""
+    """Caffe's SoftmaxWithLoss: ``-sum(log(max(p[label], FLT_MIN))) / normalizer``; its gradient is Caffe's
+    ``(softmax - onehot(label)) / normalizer`` (the clamp does not stop it)."""
 
     def __init__(self, axis: int, ignore_label: int | None, normalization: str) -> None:
         super().__init__()
@@ -76,7 +80,10 @@ class SoftmaxWithLoss(nn.Module):
         if self.ignore_label is not None:
             valid = lab != self.ignore_label
         safe = torch.where(valid, lab, torch.zeros_like(lab))
-        picked = logp.gather(1, safe[:, None])[:, 0].clamp(min=float(torch.log(torch.tensor(_FLT_MIN))))
+        picked = logp.gather(1, safe[:, None])[:, 0]
+        # forward: log(max(p, FLT_MIN)) as Caffe; backward: Caffe's (p - 1{label}), which ignores the clamp,
+        # so a hopelessly wrong prediction still gets a gradient
+        picked = picked + (picked.clamp(min=_LOG_FLT_MIN) - picked).detach()
         loss = -(picked * valid.to(picked.dtype)).sum()
         outer = scores.shape[: self.axis].numel()
         total = lab.numel()

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
-from ._util import check_bottoms, spatial_values
+from ._util import NetDefinitionError, check_blob_shape, check_bottoms, spatial_values
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
@@ -45,6 +45,10 @@ def _conv_geometry(layer: LayerIR, shape: Shape) -> tuple[int, list[int], list[i
         raise layer.error(
             f"group {group} must divide both the input channels ({channels}) and num_output ({p.num_output})"
         )
+    try:  # the weight blob's size, before torch sees it
+        check_blob_shape((int(p.num_output), channels // group, *kernel), "the weight blob")
+    except NetDefinitionError as exc:
+        raise layer.error(exc.message) from None
     return n_spatial, kernel, pad, stride, dilation, group, channels
 
 
