@@ -38,6 +38,8 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
+from agegender.prototxt.wire import encode_varint
+
 REPO = Path(__file__).resolve().parent.parent
 
 # --- choosers --------------------------------------------------------------------------------------------
@@ -87,19 +89,6 @@ class WireField:
     kind: str = "unknown"
     declared_length: int | None = None  # a LEN field's length prefix, when it is made to lie
     tag_wire: int | None = None  # the wire type written in the tag, when it is made to lie
-
-
-def encode_varint(value: int) -> bytes:
-    value &= (1 << 64) - 1
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:

@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 
 from agegender.errors import FileFormatError
 from agegender.prototxt import Message, encode_message
+from agegender.prototxt.wire import encode_varint
 
 from .conftest import require_shared
 from .fuzz_targets import TARGETS, Worker, load_seeds
@@ -174,7 +175,7 @@ def test_a_float_field_split_into_many_runs_reads_whole(worker: Worker) -> None:
     """40k one-float runs of a repeated float field, split by other fields: each run was joined to the
     previous ones and rescanned the rest of the message (quadratic: a large file of them hung)."""
     run = b"\x2d" + struct.pack("<f", 1.5) + b"\xc8\x3e\x01"  # data (field 5, one float), then unknown field 1001
-    blob = b"\x08\x01\x10\x01\x18\x01\x20" + encode_varint_for_test(40_000) + run * 40_000
+    blob = b"\x08\x01\x10\x01\x18\x01\x20" + encode_varint(40_000) + run * 40_000
     assert worker.run("binaryproto", blob).status == "ok"
     from agegender.prototxt import decode_message
 
@@ -182,12 +183,6 @@ def test_a_float_field_split_into_many_runs_reads_whole(worker: Worker) -> None:
     assert isinstance(data, np.ndarray) and data.shape == (40_000,) and bool(np.all(data == 1.5))
     # a float cut short after its tag: once an endless loop
     _refused(worker, "datum", bytes.fromhex("0801100218032801350000000035") + b"\x00", "truncated float")
-
-
-def encode_varint_for_test(value: int) -> bytes:
-    from .fuzz_targets import encode_varint
-
-    return encode_varint(value)
 
 
 def test_a_truncated_lmdb_is_refused_not_a_crash(tmp_path: Path) -> None:

@@ -252,7 +252,8 @@ def decode_message(buf: Any, mtype: MessageType | str, path: str | None = None) 
 
 
 # --- encoding ----------------------------------------------------------------------------------------
-def _varint(value: int) -> bytes:
+def encode_varint(value: int) -> bytes:
+    """A protobuf base-128 varint (negative values as their 64-bit two's complement, as protobuf does)."""
     if value < 0:
         value &= (1 << 64) - 1
     out = bytearray()
@@ -269,15 +270,15 @@ def _varint(value: int) -> bytes:
 def _scalar_bytes(spec: FieldSpec, value: Any) -> bytes:
     if spec.kind == "enum":
         assert spec.enum is not None
-        return _varint(spec.enum.values[value] if isinstance(value, str) else int(value))
+        return encode_varint(spec.enum.values[value] if isinstance(value, str) else int(value))
     t = spec.type
     if t == "bool":
-        return _varint(1 if value else 0)
+        return encode_varint(1 if value else 0)
     if t in ("sint32", "sint64"):
         v = int(value)
-        return _varint((v << 1) ^ (v >> 63))
+        return encode_varint((v << 1) ^ (v >> 63))
     if t in _VARINT_TYPES:
-        return _varint(int(value))
+        return encode_varint(int(value))
     if t == "float":
         with np.errstate(over="ignore"):  # out of float32 range becomes inf, as protobuf's C++ cast does
             return np.float32(value).astype("<f4").tobytes()
@@ -311,23 +312,23 @@ def encode_parts(msg: Message, emit: Callable[[bytes | memoryview], None]) -> in
                 payload: bytes | memoryview = memoryview(arr).cast("B")
             else:
                 payload = b"".join(_scalar_bytes(spec, v) for v in value)
-            head = _varint(spec.number << 3 | WIRE_LEN) + _varint(len(payload))
+            head = encode_varint(spec.number << 3 | WIRE_LEN) + encode_varint(len(payload))
             emit(head)
             emit(payload)
             total += len(head) + len(payload)
             continue
         for item in items:
             wire = _wire_type(spec)
-            head = _varint(spec.number << 3 | wire)
+            head = encode_varint(spec.number << 3 | wire)
             if spec.kind == "message":
                 size = message_size(item)
-                head += _varint(size)
+                head += encode_varint(size)
                 emit(head)
                 encode_parts(item, emit)
                 total += len(head) + size
             elif spec.type in ("string", "bytes"):
                 data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
-                head += _varint(len(data))
+                head += encode_varint(len(data))
                 emit(head)
                 emit(data)
                 total += len(head) + len(data)
