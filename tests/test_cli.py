@@ -327,8 +327,9 @@ def test_console_script_error_is_one_line_without_traceback(tmp_path: Path) -> N
     assert proc.stdout == ""
 
 
-@pytest.mark.parametrize("command", ["convert", "inspect", "blobs", "zoo", "fetch"])
+@pytest.mark.parametrize("command", ["convert", "inspect", "blobs", "zoo", "fetch", "export", "eval", "predict", "train",
+                                     "data build", "data mean", "data info"])
 def test_every_command_has_help_with_examples(command: str) -> None:
-    result = run_cli(command, "--help")
+    result = run_cli(*command.split(), "--help")
     assert result.exit_code == 0
     assert "Example" in result.stdout
