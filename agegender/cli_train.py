@@ -12,6 +12,7 @@ from typing import Any, Optional
 import typer
 
 from .cli import ZOO_HELP, _human, _stderr, _stdout, _usage, _warn, handle_errors
+from .folds.adience import fold_path
 
 _FOLD_FILE = re.compile(r"(fold_is_)(\d+)")
 DEFAULT_OUT = Path("agegender-runs")
@@ -36,9 +37,8 @@ def _for_fold(path: Optional[Path], fold: Optional[int]) -> Optional[Path]:
     """``{fold}`` replaced, else a ``fold_is_N`` in the file name pointed at fold ``fold``."""
     if path is None or fold is None:
         return path
-    text = str(path)
-    if "{fold}" in text:
-        return Path(text.replace("{fold}", str(fold)))
+    if "{fold}" in str(path):
+        return fold_path(path, fold)
     name = _FOLD_FILE.sub(lambda m: f"{m.group(1)}{fold}", path.name)
     return path.with_name(name)
 
@@ -362,7 +362,7 @@ def train(
 
                 raise MissingFileError("train_val prototxt not found", path=fold_train_val)
             fold_solver = _for_fold(solver, k) if solver is not None else _default_solver(fold_train_val)
-        fold_weights = weights if weights is None or k is None else Path(str(weights).replace("{fold}", str(k)))
+        fold_weights = weights if k is None else fold_path(weights, k)
         fold_data = data
         if card is not None and mean is None and mean_root is None and card.mean_file(k) is not None:
             fold_data = dataclasses.replace(data, mean_file=card.mean_file(k))  # the model's (fold's) mean image

@@ -300,6 +300,23 @@ def test_levi_model_eval_warns_that_its_training_fold_is_unknown(tmp_path: Path)
     assert [row["age"] for row in fold["predictions"]] == [float(row["age"]) for row in rows[:4]]
 
 
+def test_levi_model_takes_given_mean_values_or_its_own_mean_image(tmp_path: Path, monkeypatch) -> None:
+    levi = require_shared("levi")
+    faces, rows, caffe = _utkface()
+    listing = _write_list(tmp_path / "l.txt", [row["file"] for row in rows[:2]], caffe["age_label"][:2])
+    monkeypatch.setenv("AGEGENDER_CACHE", str(tmp_path / "cache"))
+    assert run_cli("fetch", "levi", "--from", levi, "--offline").exit_code == 0
+    own = plan_evaluation(model="levi_age", data=listing, images=faces, folds=[0]).tasks[0]
+    assert own.mean_file is not None and own.mean_file.name == "mean.binaryproto" and own.mean_values is None
+    values = plan_evaluation(model="levi_age", data=listing, images=faces, folds=[0],
+                             mean_values=[78.0, 87.0, 114.0]).tasks[0]
+    assert values.mean_file is None and values.mean_values == (78.0, 87.0, 114.0)
+    per_fold = tmp_path / "w{fold}.caffemodel"
+    (tmp_path / "w0.caffemodel").symlink_to(levi / "models" / "age_net.caffemodel")
+    pattern = plan_evaluation(model="levi_age", weights=per_fold, data=listing, images=faces, folds=[0]).tasks[0]
+    assert pattern.weights == tmp_path / "w0.caffemodel"
+
+
 def test_summarize_folds_needs_results() -> None:
     with pytest.raises(AgegenderError, match="no fold results"):
         summarize_folds([])

@@ -24,7 +24,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import AgegenderError, MissingFileError
-from ..folds.adience import NUM_FOLDS, VARIANT_FOLDERS
+from ..folds.adience import NUM_FOLDS, VARIANT_FOLDERS, fold_path
 from ..folds.datasets import ImageListDataset
 from ..folds.lists import ImageList, OnMissing
 from ..folds.transforms import CaffeTransform
@@ -76,14 +76,6 @@ class EvalPlan:
                                       "mean_values": list(task.mean_values) if task.mean_values else None,
                                       "data": task.data, "skipped_missing": task.skipped_missing}
                           for task in self.tasks}}
-
-
-def _format(pattern: str | Path | None, fold: int) -> Path | None:
-    """``pattern`` with ``{fold}`` replaced by the fold number."""
-    if pattern is None:
-        return None
-    text = str(pattern)
-    return Path(text.replace("{fold}", str(fold)))
 
 
 def _has_pattern(value: str | Path | None) -> bool:
@@ -187,7 +179,7 @@ def plan_evaluation(
     if model is not None:
         card = get_card(model, zoo)
         if card.family == "levi":
-            levi_files = resolve(model, weights=weights, zoo=zoo, fetch=fetch)
+            levi_files = resolve(model, zoo=zoo, fetch=fetch)  # --weights, if given, is used per fold below
             card = levi_files.card
             warnings += list(levi_files.warnings)
         deploy = Path(levi_files.prototxt) if levi_files else card.deploy()
@@ -228,21 +220,15 @@ def plan_evaluation(
 
     tasks: list[FoldTask] = []
     for fold in chosen:
-        if levi_files is not None:
-            fold_weights = Path(levi_files.caffemodel) if weights is None else _format(weights, fold)
-            fold_mean = _format(mean, fold) if mean is not None else levi_files.mean_file
-            fold_values = tuple(mean_values) if mean_values else (
-                None if fold_mean is not None else tuple(levi_files.preprocessing.mean_values or ()) or None)
+        if levi_files is not None and weights is None:
+            fold_weights = Path(levi_files.caffemodel)
         else:
-            fold_weights = _format(weights, fold)
-            if fold_weights is None:
-                assert card is not None
-                raise AgegenderError(f"model '{model}' needs its caffemodel", hint=card.weights_hint()
-                                     + " ('{fold}' in the path for one per fold)")
-            fold_values = tuple(mean_values) if mean_values else None
-            fold_mean = _format(mean, fold) if mean is not None else (
-                card.mean_file(fold) if card is not None and not fold_values else None)
-        assert fold_weights is not None
+            fold_weights = fold_path(weights, fold)
+        if fold_weights is None:
+            assert card is not None
+            raise AgegenderError(f"model '{model}' needs its caffemodel", hint=card.weights_hint()
+                                 + " ('{fold}' in the path for one per fold)")
+        fold_mean, fold_values = _fold_mean(fold, mean, mean_values, card, levi_files)
         if not fold_weights.is_file():
             raise MissingFileError(f"caffemodel of fold {fold} not found", path=fold_weights)
         if fold_mean is None and not fold_values:
@@ -273,6 +259,23 @@ def plan_evaluation(
                     warnings=warnings, card=card)
 
 
+def _fold_mean(fold: int, mean: str | Path | None, mean_values: Sequence[float] | None, card: ModelCard | None,
+               levi_files: Any) -> tuple[Path | None, tuple[float, ...] | None]:
+    """(mean image, per-channel values) of ``fold``: the user's (``--mean-values``, else ``--mean``), else the
+    model's own (Levi's mean image or, without it, its channel means; the Lapuschkin fold's mean image)."""
+    if mean_values:
+        return None, tuple(mean_values)
+    if mean is not None:
+        return fold_path(mean, fold), None
+    if levi_files is not None:
+        if levi_files.mean_file is not None:
+            return Path(levi_files.mean_file), None
+        return None, tuple(levi_files.preprocessing.mean_values or ()) or None
+    if card is not None:
+        return card.mean_file(fold), None
+    return None, None
+
+
 def _lmdb_ids(path: Path) -> list[str]:
     from ..folds.lmdb_io import DatumLMDB
 
@@ -293,7 +296,7 @@ def _available_folds(folds: Sequence[int] | None, *, data, data_dir, lists, vari
     found = []
     for fold in range(NUM_FOLDS):
         if data is not None:
-            exists = _format(data, fold).exists()  # type: ignore[union-attr]
+            exists = fold_path(data, fold).exists()  # type: ignore[union-attr]
         elif data_dir is not None:
             from ..folds.build import fold_layout
 
@@ -322,7 +325,7 @@ def _test_images(fold: int, *, data, images, data_dir, adience_root, lists, vari
                  on_missing: OnMissing) -> tuple[Any, str, int]:
     """(the test images of ``fold``, a description, how many listed images were missing and skipped)."""
     if data is not None:
-        path = _format(data, fold)
+        path = fold_path(data, fold)
         assert path is not None
         if path.is_dir():
             return path, f"LMDB {path}", 0

@@ -457,6 +457,20 @@ class AdienceFolds:
         return final
 
 
+# --- per-fold file patterns ----------------------------------------------------------------------
+def fold_path(path: str | Path | None, fold: int | None) -> Path | None:
+    """``path`` with ``{fold}`` replaced by the fold number (one file per fold, e.g. ``w{fold}.caffemodel``);
+    a path without ``{fold}`` is returned as it is. ``{fold}`` with no fold given is an error."""
+    if path is None:
+        return None
+    text = str(path)
+    if "{fold}" in text:
+        if fold is None:
+            raise AgegenderError(f"{text}: the path holds {{fold}} but no fold is given")
+        text = text.replace("{fold}", str(fold))
+    return Path(text)
+
+
 # --- leakage check --------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Overlap:

@@ -34,6 +34,7 @@ import torch
 from ..caffe2torch.ir import NetState
 from ..caffe2torch.net import CaffeNet
 from ..errors import AgegenderError, MissingFileError, NetDefinitionError, TrainingError
+from ..folds.adience import fold_path
 from ..folds.remap import remap_data_paths
 from ..folds.transforms import DATA_LAYER_TYPES, CaffeTransform
 from ..prototxt.message import Message
@@ -115,18 +116,6 @@ class FoldJob:
     evaluate_before: bool = False
     oversample: bool = False
     eval_batch_size: int = 64
-
-
-def fold_path(path: Path | str | None, fold: int | None) -> Path | None:
-    """``path`` with ``{fold}`` replaced by the fold number."""
-    if path is None:
-        return None
-    text = str(path)
-    if "{fold}" in text:
-        if fold is None:
-            raise AgegenderError(f"{text}: the path holds {{fold}} but no fold is given")
-        text = text.replace("{fold}", str(fold))
-    return Path(text)
 
 
 @dataclass
@@ -613,5 +602,5 @@ def _result_from_summary(job: FoldJob, summary: dict, target: str) -> FoldResult
                       files=summary.get("files", {}), init=summary.get("init", {}))
 
 
-__all__ = ["DataOptions", "FoldJob", "FoldResult", "Overrides", "PreparedFold", "fold_path", "plan_fold",
+__all__ = ["DataOptions", "FoldJob", "FoldResult", "Overrides", "PreparedFold", "plan_fold",
            "prepare_fold", "read_fold_summary", "summarize", "train_fold", "train_folds"]
