@@ -597,8 +597,8 @@ app.command()(export)
 # --- eval and predict (agegender/cli_eval.py) ---------------------------------------------------------------
 from .cli_eval import eval_command, predict_command  # noqa: E402
 
-app.command("eval")(handle_errors(eval_command))
-app.command("predict")(handle_errors(predict_command))
+app.command("eval")(eval_command)
+app.command("predict")(predict_command)
 
 
 # --- train (agegender/cli_train.py) ---------------------------------------------------------------------

@@ -52,6 +52,7 @@ def _model_name(name: Optional[str], model: Optional[str], prototxt: Optional[Pa
 
 
 # --- eval ---------------------------------------------------------------------------------------------
+@handle_errors
 def eval_command(
     ctx: typer.Context,
     name: Optional[str] = typer.Argument(None, help=f"A zoo model (see `agegender zoo`); default {DEFAULT_MODEL}."),
@@ -198,6 +199,7 @@ def _print_eval_table(report, oversample: bool) -> None:  # type: ignore[no-unty
 
 
 # --- predict ------------------------------------------------------------------------------------------
+@handle_errors
 def predict_command(
     ctx: typer.Context,
     images: list[Path] = typer.Argument(..., help="Face crops (JPEG, PNG, ...)."),

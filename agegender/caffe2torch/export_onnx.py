@@ -58,7 +58,6 @@ required: a near-tie may flip.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -69,7 +68,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -80,7 +79,7 @@ from .. import __version__
 from .._atomic import atomic_write
 from ..errors import AgegenderError, ParityError, UnsupportedLayerError
 from .converters.vision import CaffePooling, LRNWithinChannel, caffe_pooled_size
-from .net import CaffeNet
+from .net import CaffeNet, eval_mode
 from .parity import ParityReport, _argmax_equal, _blob_parity, _report, seeded_inputs
 
 log = logging.getLogger(__name__)
@@ -292,19 +291,6 @@ class _ExportGraph(nn.Module):
 def _device(net: nn.Module) -> torch.device:
     tensor = next(iter(net.state_dict().values()), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-@contextlib.contextmanager
-def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode (dropout off, stored BatchNorm statistics) for the block, then every
-    submodule's own mode back."""
-    modes = {m: m.training for m in module.modules()}
-    module.eval()
-    try:
-        yield module
-    finally:
-        for m, training in modes.items():
-            m.training = training
 
 
 def _check_exportable(net: CaffeNet) -> None:

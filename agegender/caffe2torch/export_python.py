@@ -602,7 +602,8 @@ def export_python(
 def verify_generated(net: CaffeNet, source: str, weights: bytes, batches: Sequence[int], seed: int,
                      tolerance: float) -> list[ParityReport]:
     """Run the generated module (its weights from the bytes to be written) against ``net``."""
-    from .export_onnx import _device, compare_outputs, eval_mode
+    from .export_onnx import _device, compare_outputs
+    from .net import eval_mode
 
     try:
         module = load_generated(source)

@@ -8,8 +8,9 @@ Caffe's order over named blobs; in-place layers overwrite their blob as in Caffe
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -203,9 +204,22 @@ class CaffeNet(nn.Module):
         return tuple(blobs[name] for name in self.output_names)
 
 
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """``module`` in eval mode (dropout off, stored BatchNorm statistics) for the block, then every
+    submodule's own mode back."""
+    modes = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield module
+    finally:
+        for m, training in modes.items():
+            m.training = training
+
+
 def build_net(ir: NetIR, input_shapes: Mapping[str, Sequence[int]] | None = None) -> CaffeNet:
     """Build the :class:`CaffeNet` of an IR (parameters allocated, not yet filled)."""
     return CaffeNet(ir, input_shapes)
 
 
-__all__ = ["CaffeNet", "LayerInfo", "LayerIR", "build_net"]
+__all__ = ["CaffeNet", "LayerInfo", "LayerIR", "build_net", "eval_mode"]

@@ -22,7 +22,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..caffe2torch.net import CaffeNet
+from ..caffe2torch.net import CaffeNet, eval_mode
 from ..errors import AgegenderError
 
 log = logging.getLogger(__name__)
@@ -80,16 +80,6 @@ def _classes(net: CaffeNet, blob: str) -> int:
     return int(np.prod(shape[1:]))
 
 
-@contextlib.contextmanager
-def _eval_mode(module: torch.nn.Module):
-    was_training = module.training
-    module.eval()
-    try:
-        yield module
-    finally:
-        module.train(was_training)
-
-
 class TorchEngine:
     """Our :class:`CaffeNet` as an engine, in eval mode, on ``device`` (the net is moved there).
 
@@ -127,7 +117,7 @@ class TorchEngine:
         dtype = PRECISIONS[self.precision]
         autocast = (torch.autocast(self.device.type, dtype=dtype) if dtype is not None
                     else contextlib.nullcontext())
-        with _eval_mode(self.net), autocast:
+        with eval_mode(self.net), autocast:
             out = self.net(outputs=[self.output.blob], **feeds)[self.output.blob]
         scores = out.float().reshape(out.shape[0], -1)
         if self.output.apply_softmax:
