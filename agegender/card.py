@@ -46,10 +46,27 @@ def save_safetensors(net: CaffeNet, path: str | Path, metadata: Mapping[str, str
 
     meta = {"format": "pt", "producer": f"agegender {__version__}", "net": net.net_name}
     meta.update(metadata or {})
-    data = save(caffe_state_dict(net), metadata=meta)
+    data = _sorted_metadata(save(caffe_state_dict(net), metadata=meta))
     with atomic_write(path, "wb") as handle:
         handle.write(data)
     return sha256_file(path)
+
+
+def _sorted_metadata(data: bytes) -> bytes:
+    """``data`` with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes the metadata from a hash map, in an order that changes from run to run, so two
+    identical conversions would differ in sha256. Sorting keeps the header's length (same characters),
+    so the tensor offsets stay valid.
+    """
+    size = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + size])
+    if "__metadata__" in header:
+        header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > size:  # not the layout this function knows: leave the file as safetensors wrote it
+        return data
+    return data[:8] + text.ljust(size, b" ") + data[8 + size:]
 
 
 def load_safetensors(net: CaffeNet, path: str | Path) -> None:

@@ -32,6 +32,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 INTERNAL_ERROR_EXIT = 70
@@ -152,11 +153,11 @@ def main_callback(
 
     Examples:
 
-      agegender convert levi_age
+        agegender convert levi_age
 
-      agegender inspect --prototxt deploy.prototxt
+        agegender inspect --prototxt deploy.prototxt
 
-      agegender zoo
+        agegender zoo
     """
     ctx.obj = {"debug": debug}
     logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, stream=sys.stderr, force=True,
@@ -236,11 +237,11 @@ def convert(
 
     Examples:
 
-      agegender convert levi_age                       (fetches Levi's released net on first use)
+        agegender convert levi_age                       (fetches Levi's released net on first use)
 
-      agegender convert --prototxt deploy.prototxt --weights age_net.caffemodel --mean mean.binaryproto
+        agegender convert --prototxt deploy.prototxt --weights age_net.caffemodel --mean mean.binaryproto
 
-      agegender convert age_net_definitions --zoo ~/understanding-age-gender --weights fold0.caffemodel
+        agegender convert age_net_definitions --zoo ~/understanding-age-gender --weights fold0.caffemodel
     """
     from .caffe2torch.api import load
     from .card import build_model_card, publish_card, save_safetensors, start_output, write_json
@@ -362,9 +363,9 @@ def inspect(
 
     Examples:
 
-      agegender inspect levi_age
+        agegender inspect levi_age
 
-      agegender inspect --prototxt train_val.prototxt --phase TRAIN --input-shape data=50,3,227,227
+        agegender inspect --prototxt train_val.prototxt --phase TRAIN --input-shape data=50,3,227,227
     """
     from .caffe2torch.api import load
     from .caffe2torch.flops import count_flops
@@ -436,7 +437,7 @@ def blobs(
 
     Example:
 
-      agegender blobs -p deploy.prototxt -w age_net.caffemodel --input batch.npy --out blobs.npz --blobs conv1,prob
+        agegender blobs -p deploy.prototxt -w age_net.caffemodel --input batch.npy --out blobs.npz --blobs conv1,prob
     """
     import numpy as np
     import torch
@@ -505,7 +506,7 @@ def zoo_command(
 
     Examples:
 
-      agegender zoo
+        agegender zoo
 
       AGEGENDER_ZOO=~/understanding-age-gender-deep-learning-models agegender zoo --json
     """
@@ -559,9 +560,9 @@ def fetch(
 
     Examples:
 
-      agegender fetch levi
+        agegender fetch levi
 
-      agegender fetch levi --from ../shared/levi
+        agegender fetch levi --from ../shared/levi
     """
     from .zoo import fetch_levi
 

@@ -64,21 +64,21 @@ def build(
 ) -> None:
     """Build Caffe Datum LMDBs, as convert_imageset does, with a progress bar.
 
-    Adience fold mode writes OUT/lmdb{,_mixed,_unaligned}/Test_fold_is_K/TARGET_{train,val,test}_lmdb and
-    OUT/mean_image{,_mixed,_unaligned}/Test_fold_is_K/mean.binaryproto (computed from the train LMDB; one
+    Adience fold mode writes `OUT/lmdb{,_mixed,_unaligned}/Test_fold_is_K/TARGET_{train,val,test}_lmdb` and
+    `OUT/mean_image{,_mixed,_unaligned}/Test_fold_is_K/mean.binaryproto` (computed from the train LMDB; one
     per fold, shared by age and gender), the layout of Lapuschkin's train_val files. Interrupted builds
     resume when run again; finished LMDBs are kept. Missing images fail the build (listed, with a count)
     unless --skip-missing.
 
     Examples:
 
-      agegender data build --adience-root ~/adience/aligned --fold 0 --target age --variant aligned
+        agegender data build --adience-root ~/adience/aligned --fold 0 --target age --variant aligned
 
-      agegender data build --adience-root ~/adience/aligned --fold all --target gender --zoo ~/lapuschkin --out data
+        agegender data build --adience-root ~/adience/aligned --fold all --target gender --zoo ~/lapuschkin --out data
 
-      agegender data build --list train.txt --images ~/faces --out train_lmdb --resize 256 --shuffle
+        agegender data build --list train.txt --images ~/faces --out train_lmdb --resize 256 --shuffle
 
-      agegender data build --list test.txt --images ~/faces --out test_lmdb --encoded
+        agegender data build --list test.txt --images ~/faces --out test_lmdb --encoded
     """
     if no_resize and resize is not None:
         raise _usage("give --resize or --no-resize, not both")
@@ -176,7 +176,7 @@ def mean(
 
     Example:
 
-      agegender data mean data/lmdb/Test_fold_is_0/age_train_lmdb --out mean.binaryproto
+        agegender data mean data/lmdb/Test_fold_is_0/age_train_lmdb --out mean.binaryproto
     """
     from .folds.lmdb_io import compute_image_mean
 
@@ -198,9 +198,9 @@ def info(
 
     Examples:
 
-      agegender data info data/lmdb/Test_fold_is_0/age_test_lmdb
+        agegender data info data/lmdb/Test_fold_is_0/age_test_lmdb
 
-      agegender data info train_lmdb --json
+        agegender data info train_lmdb --json
     """
     from rich.table import Table
 

@@ -99,11 +99,11 @@ def eval_command(
 
     Examples:
 
-      agegender eval --fold 0 --adience-root ~/adience/faces --zoo ~/lapuschkin
+        agegender eval --fold 0 --adience-root ~/adience/faces --zoo ~/lapuschkin
 
-      agegender eval gender_imdbwiki_vgg16 -w 'vgg16_fold{fold}.caffemodel' --fold all --data-dir data --oversample
+        agegender eval gender_imdbwiki_vgg16 -w 'vgg16_fold{fold}.caffemodel' --fold all --data-dir data --oversample
 
-      agegender eval -p deploy.prototxt -w w.caffemodel -m mean.binaryproto --data test_lmdb --json out.json
+        agegender eval -p deploy.prototxt -w w.caffemodel -m mean.binaryproto --data test_lmdb --json out.json
     """
     from .evaluation.protocol import evaluate_plan, parse_folds, plan_evaluation
 
@@ -224,11 +224,11 @@ def predict_command(
 
     Examples:
 
-      agegender predict face1.jpg face2.jpg
+        agegender predict face1.jpg face2.jpg
 
-      agegender predict face.jpg --model levi_gender --top-k 1 --json
+        agegender predict face.jpg --model levi_gender --top-k 1 --json
 
-      agegender predict face.jpg --prototxt deploy.prototxt --weights w.caffemodel --mean mean.binaryproto
+        agegender predict face.jpg --prototxt deploy.prototxt --weights w.caffemodel --mean mean.binaryproto
     """
     from .caffe2torch.api import load
     from .evaluation.predict import predict_faces

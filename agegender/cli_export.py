@@ -53,13 +53,13 @@ def export(
 
     Examples:
 
-      agegender export levi_age                                  (agegender-out/levi_age/levi_age.onnx)
+        agegender export levi_age                                  (agegender-out/levi_age/levi_age.onnx)
 
-      agegender export levi_gender --format python --out models/levi_gender.py
+        agegender export levi_gender --format python --out models/levi_gender.py
 
-      agegender export --prototxt deploy.prototxt --weights age.caffemodel --out age.onnx --fp16
+        agegender export --prototxt deploy.prototxt --weights age.caffemodel --out age.onnx --fp16
 
-      agegender export age_fromscratch_googlenet --zoo ~/understanding-age-gender --weights fold0.caffemodel
+        agegender export age_fromscratch_googlenet --zoo ~/understanding-age-gender --weights fold0.caffemodel
     """
     from .caffe2torch.api import load
     from .card import build_model_card, write_json

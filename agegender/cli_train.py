@@ -295,17 +295,17 @@ def train(
 
     Examples:
 
-      agegender train --train-val ../shared/levi/age_net_definitions/train_val_test_fold_is_0.prototxt
+        agegender train --train-val ../shared/levi/age_net_definitions/train_val_test_fold_is_0.prototxt
       --weights ../shared/levi/models/age_net.caffemodel --data-root agegender-data --mean-root agegender-data
       --fold all --dry-run
 
-      agegender train --model gender_imdbwiki_vgg16 --zoo ~/understanding-age-gender --weights vgg16_imdbwiki.caffemodel
+        agegender train --model gender_imdbwiki_vgg16 --zoo ~/understanding-age-gender --weights vgg16_imdbwiki.caffemodel
       --data-root agegender-data --fold all --precision bf16
 
-      agegender train --train-val age_train_val.prototxt --weights age_net.caffemodel --mean mean.binaryproto
+        agegender train --train-val age_train_val.prototxt --weights age_net.caffemodel --mean mean.binaryproto
       --train-list utk/train_{fold}.txt --test-list utk/test_{fold}.txt --images utkface/ --fold all --max-iter 300
 
-      agegender train ... --fold 2 --resume                 (continue fold 2 from its newest checkpoint)
+        agegender train ... --fold 2 --resume                 (continue fold 2 from its newest checkpoint)
     """
     from .training import DataOptions, FoldJob, Overrides, TrainOptions, plan_fold, train_folds
     from .training.distributed import init_distributed, shutdown_distributed

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import typer
 from typer.testing import CliRunner
 
 from agegender.caffe2torch import load
@@ -330,6 +332,15 @@ def test_console_script_error_is_one_line_without_traceback(tmp_path: Path) -> N
 @pytest.mark.parametrize("command", ["convert", "inspect", "blobs", "zoo", "fetch", "export", "eval", "predict", "train",
                                      "data build", "data mean", "data info"])
 def test_every_command_has_help_with_examples(command: str) -> None:
-    result = run_cli(*command.split(), "--help")
+    result = run_cli(*command.split(), "--help", env={"COLUMNS": "100"})
     assert result.exit_code == 0
     assert "Example" in result.stdout
+    # the help is rendered as markdown (paragraphs re-flowed to the terminal): no word of the docstring may be
+    # lost to it, e.g. paths with underscores read as emphasis
+    click_command = typer.main.get_command(app)
+    for part in command.split():
+        click_command = click_command.commands[part]
+    docstring_words = click_command.help.replace("`", "").split()
+    shown_words = re.sub(r"[│╭╮╰╯─]", " ", result.stdout).split()
+    missing = [word for word in docstring_words if word not in shown_words]
+    assert not missing, missing

@@ -170,3 +170,24 @@ def test_channels_last_gives_the_same_values() -> None:
     assert fast.channels_last and got["conv1"].is_contiguous(memory_format=torch.channels_last)
     for name in expected:
         assert torch.allclose(got[name], expected[name], rtol=1e-5, atol=1e-6), name
+
+
+def test_safetensors_files_of_the_same_net_are_identical(tmp_path: Path) -> None:
+    """safetensors writes its metadata in hash-map order; ours sorts it, so a conversion is reproducible."""
+    from safetensors import safe_open
+
+    from agegender.card import load_safetensors, save_safetensors
+
+    net = tiny_net()
+    metadata = {name: str(i) for i, name in enumerate("zyxwvutsrq")}
+    digests = {save_safetensors(net, tmp_path / f"{i}.safetensors", metadata) for i in range(6)}
+    assert len(digests) == 1
+    with safe_open(str(tmp_path / "0.safetensors"), "pt") as handle:
+        stored = handle.metadata()
+    assert stored["z"] == "0" and stored["net"] == "tiny" and stored["format"] == "pt"
+    other = tiny_net()
+    torch.nn.init.zeros_(other.conv1.weight)
+    load_safetensors(other, tmp_path / "0.safetensors")
+    x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(other(x), net(x))
