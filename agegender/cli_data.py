@@ -56,6 +56,10 @@ def build(
         None, "--resize", help="Resize to SIZE x SIZE (default: 256 for Adience folds, none for a list)."),
     no_resize: bool = typer.Option(False, "--no-resize", help="Keep the images' own size."),
     encoded: bool = typer.Option(False, "--encoded", help="Store the image files (JPEG/PNG), not raw pixels."),
+    encode_type: Optional[str] = typer.Option(
+        None, "--encode-type", help="With --list: store encoded as this type (jpg, png, ...; implies --encoded): "
+        "files of that extension that need no resize keep their bytes, others are re-encoded, as convert_imageset."),
+    gray: bool = typer.Option(False, "--gray", help="Read the images as grey (one-channel Datums), as convert_imageset --gray."),
     shuffle: bool = typer.Option(False, "--shuffle", help="With --list: shuffle the records (seeded)."),
     seed: int = typer.Option(0, "--seed", help="With --shuffle: the shuffle's seed."),
     skip_missing: bool = typer.Option(
@@ -79,6 +83,8 @@ def build(
         agegender data build --list train.txt --images ~/faces --out train_lmdb --resize 256 --shuffle
 
         agegender data build --list test.txt --images ~/faces --out test_lmdb --encoded
+
+        agegender data build --list test.txt --images ~/faces --out grey_lmdb --gray --encode-type png
     """
     if no_resize and resize is not None:
         raise _usage("give --resize or --no-resize, not both")
@@ -91,22 +97,22 @@ def build(
         if images is None or out is None:
             raise _usage("--list needs --images DIR and --out LMDB")
         _build_list(list_path, images, out, None if no_resize else resize, encoded, shuffle, seed, on_missing,
-                    overwrite)
+                    overwrite, gray, encode_type)
         return
     missing = [name for name, value in (("--adience-root", adience_root), ("--fold", fold), ("--target", target))
                if value is None]
     if missing:
         raise _usage(f"give --list L --images DIR --out LMDB, or the Adience fold mode: missing {', '.join(missing)}")
-    if images is not None or shuffle or overwrite:
-        raise _usage("--images, --shuffle and --overwrite belong to the --list mode")
+    if images is not None or shuffle or overwrite or encode_type is not None:
+        raise _usage("--images, --shuffle, --overwrite and --encode-type belong to the --list mode")
     assert adience_root is not None and fold is not None and target is not None
     _build_folds(adience_root, _folds_to_build(fold), target, variant or "aligned", zoo,
                  out if out is not None else Path("agegender-data"), None if no_resize else (resize or 256),
-                 encoded, on_missing)
+                 encoded, on_missing, gray)
 
 
 def _build_folds(adience_root: Path, folds: list[int], target: str, variant: str, zoo: Optional[Path], out: Path,
-                 resize: Optional[int], encoded: bool, on_missing: str) -> None:
+                 resize: Optional[int], encoded: bool, on_missing: str, gray: bool) -> None:
     from rich.table import Table
 
     from .folds.build import build_fold, open_folds
@@ -116,7 +122,7 @@ def _build_folds(adience_root: Path, folds: list[int], target: str, variant: str
     for fold in folds:
         with ProgressBars(prefix=f"fold {fold} ") as bars:
             reports.append(build_fold(adience_root, fold, target, variant, out, resize, encoded, on_missing,  # type: ignore[arg-type]
-                                      bars.update, folds=fold_lists))
+                                      bars.update, folds=fold_lists, gray=gray))
     table = Table(title=f"{variant} {target} LMDBs in {out}")
     for column in ("fold", "LMDB", "records", "status", "skipped"):
         table.add_column(column, justify="right" if column in ("fold", "records") else "left")
@@ -136,12 +142,13 @@ def _build_folds(adience_root: Path, folds: list[int], target: str, variant: str
 
 
 def _build_list(list_path: Path, images: Path, out: Path, resize: Optional[int], encoded: bool, shuffle: bool,
-                seed: int, on_missing: str, overwrite: bool) -> None:
+                seed: int, on_missing: str, overwrite: bool, gray: bool, encode_type: Optional[str]) -> None:
     from .folds.build import build_from_list
 
     with ProgressBars() as bars:
         result = build_from_list(list_path, images, out, resize, encoded, shuffle, on_missing,  # type: ignore[arg-type]
-                                 seed=seed, overwrite=overwrite, progress=bars.update)
+                                 seed=seed, overwrite=overwrite, progress=bars.update, gray=gray,
+                                 encode_type=encode_type)
     _stdout().print(f"wrote {result.path}: {result.records} records ({result.status})"
                     + (f"; skipped {_skipped(result)}" if _skipped(result) else ""), soft_wrap=True)
     _warn_skipped(_stderr(), result)

@@ -80,7 +80,7 @@ def eval_command(
                                     "mirrored) per face, averaged, as the papers' over-sampled figures."),
     engine: str = typer.Option("torch", "--engine", help=ENGINE_HELP),
     device: Optional[str] = typer.Option(None, "--device", help="torch engine: cpu or cuda[:N] (default cpu)."),
-    precision: str = typer.Option("fp32", "--precision", help="torch engine: fp32 (exact), bf16 or fp16 autocast."),
+    precision: str = typer.Option("fp32", "--precision", help="torch engine: fp32 (exact), tf32 (GPU matmuls and convolutions in TF32), bf16 or fp16 autocast."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1, help="Net inputs per forward pass (crops)."),
     workers: Optional[int] = typer.Option(None, "--workers", min=1, help="Threads decoding image files."),
     skip_missing: bool = typer.Option(False, "--skip-missing", help="Leave out listed images that are missing."),

@@ -66,7 +66,8 @@ class Row:
 
 
 # --- the LMDBs ------------------------------------------------------------------------------------------
-def build_lmdbs(images: int, work: Path) -> tuple[dict[str, Path], Path, list[str]]:
+def build_lmdbs(images: int, work: Path, kinds: tuple[str, ...] = ("raw", "encoded")
+                ) -> tuple[dict[str, Path], Path, list[str]]:
     """The raw and encoded 256 x 256 LMDBs of the first ``images`` UTKFace chips, and the raw one's mean."""
     from agegender.folds import DatumLMDB
     from agegender.folds.build import build_from_list
@@ -80,7 +81,7 @@ def build_lmdbs(images: int, work: Path) -> tuple[dict[str, Path], Path, list[st
     list_file.write_text("".join(f"{name} {0 if gender == 'm' else 1}\n" for name, _, gender, _ in rows))
     notes = []
     paths = {}
-    for kind in ("raw", "encoded"):
+    for kind in kinds:
         out = work / f"utkface_{len(rows)}_{kind}_lmdb"
         if out.exists():
             with DatumLMDB(out) as db:
@@ -154,7 +155,7 @@ def make_cases(paths: dict[str, Path], mean_file: Path, crops: list[int], args: 
         return CaffeTransform.from_values(crop, mirror=phase == "TRAIN", mean_file=mean_file, phase=phase)
 
     cases = []
-    for kind, path in paths.items():
+    for kind, path in ({} if args.resident_only else paths).items():
         for workers in (0, args.workers):
             cases.append(loader_case(kind, "read + decode (uint8, collate)", "-", workers, LMDBDataset(path),
                                      args.batch, collate))
@@ -178,11 +179,12 @@ def make_cases(paths: dict[str, Path], mean_file: Path, crops: list[int], args: 
     seconds = time.perf_counter() - start
     notes.append(f"GPUResidentDataset.from_lmdb on {device.type}: {seconds:.1f} s for {len(loaded)} images "
                  f"({len(loaded) / seconds:,.0f} images/s), {loaded.nbytes / common.MIB:.0f} MiB held")
-    for crop in crops:
-        for phase in ("TEST", "TRAIN"):
-            dataset = GPUResidentDataset(loaded.images, loaded.labels, transform(crop, phase), device)
-            cases.append(resident_case(dataset, f"GPUResidentDataset {phase} on {device.type}", str(crop),
-                                       args.batch, sync))
+    for batch in args.resident_batches:
+        for crop in crops:
+            for phase in ("TEST", "TRAIN"):
+                dataset = GPUResidentDataset(loaded.images, loaded.labels, transform(crop, phase), device)
+                cases.append(resident_case(dataset, f"GPUResidentDataset {phase} on {device.type}, batch {batch}",
+                                           str(crop), batch, sync))
     return cases
 
 
@@ -209,8 +211,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=common.usable_cores(), help="DataLoader workers for 'all cores'")
     parser.add_argument("--crops", default=",".join(map(str, CROPS)), help="comma-separated crop sizes")
     parser.add_argument("--device", default=None, help="device of GPUResidentDataset (default: cuda if any, else cpu)")
+    parser.add_argument("--resident-only", action="store_true",
+                        help="only the GPUResidentDataset cases (no encoded LMDB, no DataLoader cases): the GPU check")
+    parser.add_argument("--resident-batches", default=None,
+                        help="comma-separated batch sizes of the GPUResidentDataset cases (default: --batch)")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep the LMDBs in bench/_work/data for the next run")
     args = parser.parse_args(argv)
+    args.resident_batches = [int(b) for b in (args.resident_batches or str(args.batch)).split(",") if b.strip()]
 
     import torch
 
@@ -221,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torch threads: {torch.get_num_threads()}, DataLoader workers for 'all cores': {args.workers}, "
           f"batch {args.batch}, {args.repeats} timed passes per case, interleaved (median reported)")
     try:
-        paths, mean_file, notes = build_lmdbs(args.images, work)
+        paths, mean_file, notes = build_lmdbs(args.images, work, ("raw",) if args.resident_only else ("raw", "encoded"))
         cases = make_cases(paths, mean_file, crops, args, notes)
         for note in notes:
             print(note)
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print(common.table(["LMDB", "pipeline", "crop", "workers", "images/s", "spread"],
                            [case.row.cells() for case in cases]))
-        if torch.cuda.is_available() and (args.device or "cuda").startswith("cuda"):
+        on_gpu = torch.cuda.is_available() and (args.device or "cuda").startswith("cuda")
+        if on_gpu:
             for case in cases:
                 if case.row.pipeline.startswith("GPUResidentDataset"):
                     rate = case.row.rate()
@@ -239,6 +248,18 @@ def main(argv: list[str] | None = None) -> int:
             print(f"GPU-resident mode on a GPU: NOT MEASURED (no GPU here); goal >= {GOAL_GPU:,.0f} images/s of "
                   "224/227 crops. The GPUResidentDataset rows above ran on the CPU.")
         print(common.load_line())
+        if args.json:
+            import json
+
+            payload = {"device": args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
+                       "gpu": torch.cuda.get_device_name() if on_gpu else None, "images": args.images,
+                       "goal_gpu_images_per_second": GOAL_GPU, "notes": notes,
+                       "cases": [{"lmdb": c.row.lmdb, "pipeline": c.row.pipeline, "crop": c.row.crop,
+                                  "workers": c.row.workers, "images_per_second": c.row.rate(),
+                                  "times_s": c.row.times} for c in cases]}
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(payload, indent=2) + "\n")
+            print(f"wrote {args.json}")
     finally:
         del_cases = locals().get("cases")
         if del_cases:

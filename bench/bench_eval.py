@@ -12,7 +12,8 @@ Engines, interleaved in one run (the order rotating every round; medians and min
 
 * ``torch``: our module (channels-last) through :class:`~agegender.evaluation.TorchEngine` on ``--device``
   (default: cuda when available, else cpu), ``--precision`` fp32 (and bf16 on a GPU);
-* ``onnxruntime``: :class:`~agegender.evaluation.OnnxEngine` (the verified ONNX export), CPU runs only.
+* ``onnxruntime``: :class:`~agegender.evaluation.OnnxEngine` (the verified ONNX export), CPU runs only unless
+  ``--onnx yes`` (on a GPU it asks for the CUDA provider and prints the fallback when it runs on the CPU).
 
 On a GPU the images are also evaluated from a :class:`~agegender.folds.GPUResidentDataset` (uint8 images
 on the GPU, crops made there); its load time from the LMDB is printed and counted in the goal's figure.
@@ -57,6 +58,22 @@ def build_lmdb(images: int, work: Path) -> Path:
     return out
 
 
+def write_json(path: str, rows: list[list], notes: list[dict], device, batch: int) -> None:
+    """The rows of the tables (and the notes) as JSON."""
+    import json
+
+    import torch
+
+    header = ["arch", "case", "faces", "runs", "faces_per_s", "forwards_per_s", "median_s", "spread_s",
+              "with_resident_load_s"]
+    gpu = device.type == "cuda"
+    payload = {"device": str(device), "gpu": torch.cuda.get_device_name(device) if gpu else None,
+               "torch": torch.__version__, "batch": batch, "goal_s": GOAL_SECONDS, "goal_images": GOAL_IMAGES,
+               "notes": notes, "rows": [dict(zip(header, r)) for r in rows]}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", default=",".join(common.ARCHS), help=f"from {', '.join(common.ARCHS)}")
@@ -69,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--budget", type=float, default=120.0, help="seconds per architecture, roughly")
     parser.add_argument("--threads", type=int, default=None, help="torch / ORT threads (default: usable cores)")
+    parser.add_argument("--onnx", choices=("auto", "yes", "no"), default="auto",
+                        help="the ONNX Runtime engine too (auto: on a CPU only; on a GPU it asks for the CUDA "
+                             "provider and says so when it falls back to the CPU)")
+    parser.add_argument("--centre-only", action="store_true", help="center-crop cases only (no ten crops)")
+    parser.add_argument("--ten-crops-only", action="store_true", help="ten-crop cases only")
+    parser.add_argument("--json", default=None, help="also write the figures to this JSON file")
     parser.add_argument("--keep", action="store_true", help="keep bench/_work/eval")
     args = parser.parse_args(argv)
 
@@ -81,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     archs = common.parse_list(args.archs, tuple(common.ARCHS))
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     gpu = device.type == "cuda"
-    precisions = common.parse_list(args.precision or ("fp32,bf16" if gpu else "fp32"), ("fp32", "bf16", "fp16"))
+    precisions = common.parse_list(args.precision or ("fp32,bf16" if gpu else "fp32"), ("fp32", "tf32", "bf16", "fp16"))
     threads = args.threads or common.usable_cores()
     torch.set_num_threads(threads)
     batch = args.batch or (500 if gpu else 50)
@@ -93,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"device {device}, precisions {precisions}, {threads} thread(s), {batch} net inputs per forward, "
           f"{args.repeats} timed pass(es) per case\n")
     work = common.WORK_DIR / "eval"
-    rows = []
+    rows: list[list] = []
+    notes: list[dict] = []
     try:
         for arch in archs:
             images = args.images or (GOAL_IMAGES if gpu else CPU_IMAGES[arch])
@@ -104,8 +128,11 @@ def main(argv: list[str] | None = None) -> int:
             crop = int(net.blob_shapes["data"][-1])
             transform = CaffeTransform.from_values(crop_size=crop, mean_file=mean_file)
             engines = {f"torch {p}": TorchEngine(net, device=device, precision=p) for p in precisions}
-            if not gpu:
-                engines["onnxruntime"] = OnnxEngine(net, threads=threads)
+            if args.onnx == "yes" or (args.onnx == "auto" and not gpu):
+                onnx = OnnxEngine(net, threads=threads, device=device)
+                print(f"{arch}: ONNX engine {onnx.name}" + (f"; {onnx.fallback}" if onnx.fallback else ""))
+                notes.append({"arch": arch, "onnx_engine": onnx.name, "onnx_fallback": onnx.fallback})
+                engines["onnxruntime"] = onnx
             resident = None
             if gpu:
                 start = time.perf_counter()
@@ -114,8 +141,9 @@ def main(argv: list[str] | None = None) -> int:
                 resident_load = time.perf_counter() - start
                 print(f"{arch}: {images} faces loaded onto {device} in {resident_load:.2f} s")
             cases = {}
+            modes = (False,) if args.centre_only else (True,) if args.ten_crops_only else (False, True)
             for name, engine in engines.items():
-                for oversample in (False, True):
+                for oversample in modes:
                     label = f"{name}, {'10 crops' if oversample else 'center'}"
                     cases[label] = (lambda e=engine, o=oversample: evaluate(e, lmdb, transform, "age", oversample=o,
                                                                               batch_size=batch))
@@ -133,12 +161,17 @@ def main(argv: list[str] | None = None) -> int:
                              f"{total:.2f}" if "resident" in label else ""])
             print(common.table(["arch", "case", "faces", "runs", "faces/s", "forwards/s", "median s", "spread s",
                                 "with resident load s"], rows[-len(times):]) + "\n")
+            if args.json:  # after each architecture: a timeout keeps what was measured
+                write_json(args.json, rows, notes, device, batch)
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
     print("all cases:\n" + common.table(["arch", "case", "faces", "runs", "faces/s", "forwards/s", "median s",
                                            "spread s", "with resident load s"], rows))
     print(common.load_line())
+    if args.json:
+        write_json(args.json, rows, notes, device, batch)
+        print(f"wrote {args.json}")
     if gpu:
         best = [r for r in rows if r[0] == "VGG16" and "10 crops" in r[1] and "resident" in r[1]
                 and int(r[2]) >= GOAL_IMAGES]

@@ -88,8 +88,8 @@ def pooled_size(size: int, kernel: int, pad: int, stride: int, round_mode: str =
 def pool2d(x: np.ndarray, method: str, kernel: Sequence[int] | None, stride: Sequence[int] = (1, 1),
            pad: Sequence[int] = (0, 0), round_mode: str = "CEIL") -> np.ndarray:
     """Caffe's Pooling forward: MAX (windows clipped to the input, start at -FLT_MAX), AVE (divided by
-    the window clipped to the padded input), STOCHASTIC at test time (sum x^2 / sum x, no padding).
-    ``kernel=None`` is global pooling."""
+    the window clipped to the padded input), STOCHASTIC at test time (StoPoolForwardTest: sum x^2 /
+    (FLT_MIN + sum x), the sum starting at FLT_MIN; no padding). ``kernel=None`` is global pooling."""
     x = _f64(x)
     n, c, h, w = x.shape
     kh, kw = (h, w) if kernel is None else kernel
@@ -116,8 +116,8 @@ def pool2d(x: np.ndarray, method: str, kernel: Sequence[int] | None, stride: Seq
                 hs, ws = i * sh, j * sw
                 he, we = min(hs + kh, h), min(ws + kw, w)
                 window = x[:, :, hs:he, ws:we]
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    out[:, :, i, j] = (window * window).sum(axis=(2, 3)) / window.sum(axis=(2, 3))
+                cumsum = FLT_MIN + window.sum(axis=(2, 3))  # "to avoid divide-by-zero problems"
+                out[:, :, i, j] = (window * window).sum(axis=(2, 3)) / cumsum
             else:
                 raise ValueError(method)
     return out
@@ -390,7 +390,15 @@ def argmax(x: np.ndarray, top_k: int = 1, out_max_val: bool = False, axis: int |
 # --- losses ----------------------------------------------------------------------------------------
 def accuracy(scores: np.ndarray, labels: np.ndarray, axis: int = 1, top_k: int = 1,
              ignore_label: int | None = None) -> float:
-    """AccuracyLayer: a hit when fewer than top_k classes score strictly higher than the label's."""
+    """AccuracyLayer (BVLC master): num_better_predictions starts at -1 and counts every class whose score
+    is >= the label's (the label's own included), so ties with the label count against it; a hit when
+    it stays below top_k. The mean over the labels not ignored, 0 if there are none."""
+    return accuracy_with_per_class(scores, labels, axis, top_k, ignore_label)[0]
+
+
+def accuracy_with_per_class(scores: np.ndarray, labels: np.ndarray, axis: int = 1, top_k: int = 1,
+                            ignore_label: int | None = None) -> tuple[float, np.ndarray]:
+    """AccuracyLayer's two tops: the accuracy and, per class, hits / labels of that class (0 if none)."""
     scores = _f64(scores)
     axis = axis % scores.ndim
     outer = int(np.prod(scores.shape[:axis]))
@@ -399,15 +407,24 @@ def accuracy(scores: np.ndarray, labels: np.ndarray, axis: int = 1, top_k: int =
     s = scores.reshape(outer, dim, inner)
     lab = np.asarray(labels).reshape(outer, inner)
     hits = counted = 0
+    class_hits, class_counts = np.zeros(dim), np.zeros(dim)
     for i in range(outer):
         for j in range(inner):
             label = int(lab[i, j])
             if ignore_label is not None and label == ignore_label:
                 continue
+            class_counts[label] += 1
+            num_better = -1  # the true class also counts as "better"
+            for k in range(dim):
+                if num_better >= top_k:
+                    break
+                num_better += int(s[i, k, j] >= s[i, label, j])
+            if num_better < top_k:
+                hits += 1
+                class_hits[label] += 1
             counted += 1
-            better = int((s[i, :, j] > s[i, label, j]).sum())
-            hits += better < top_k
-    return 0.0 if counted == 0 else hits / counted
+    per_class = np.where(class_counts == 0, 0.0, class_hits / np.maximum(class_counts, 1))
+    return (0.0 if counted == 0 else hits / counted), per_class
 
 
 def softmax_with_loss(scores: np.ndarray, labels: np.ndarray, axis: int = 1, ignore_label: int | None = None,

@@ -167,6 +167,25 @@ def test_pooling(case) -> None:
     assert_close(run(net, x)["y"], expected)
 
 
+def test_stochastic_pooling_of_a_zero_window_is_zero() -> None:
+    # StoPoolForwardTest starts its sum at FLT_MIN: a window of zeros (after a ReLU) and the last window,
+    # which ceil rounding starts past the input (7x7, kernel 2, stride 4: rows 0, 4, 8), give 0, not 0/0;
+    # a window summing to 0 gives sum(x^2) / FLT_MIN, huge but finite
+    net = make_net('layer { name: "pool" type: "Pooling" bottom: "x" top: "y" '
+                   'pooling_param { pool: STOCHASTIC kernel_size: 2 stride: 4 } }', {"x": (1, 2, 7, 7)})
+    x = np.maximum(rng_for("stochastic-zeros").standard_normal((1, 2, 7, 7)), 0) + 0.1
+    x[0, 0, :2, :2] = 0.0
+    x[0, 1, :2, :2] = [[0.5, -0.5], [0.25, -0.25]]
+    y = run(net, x)["y"]
+    expected = ref.pool2d(x, "STOCHASTIC", (2, 2), (4, 4))
+    assert y.shape == (1, 2, 3, 3) and np.all(np.isfinite(y))
+    assert y[0, 0, 0, 0] == 0.0
+    assert np.all(y[..., 2, :] == 0.0) and np.all(y[..., :, 2] == 0.0)
+    np.testing.assert_allclose(y[0, 1, 0, 0], expected[0, 1, 0, 0], rtol=1e-5)  # 0.625 / FLT_MIN
+    y[0, 1, 0, 0] = expected[0, 1, 0, 0] = 0.0
+    assert_close(y, expected)
+
+
 def test_pooling_geometry_follows_the_input_at_run_time() -> None:
     net = make_net('layer { name: "pool" type: "Pooling" bottom: "x" top: "y" '
                    'pooling_param { pool: AVE kernel_size: 3 stride: 2 pad: 2 } }', {"x": (1, 2, 6, 6)})
@@ -238,6 +257,14 @@ def test_relu(slope: float) -> None:
     assert_close(run(net, x)["x"], ref.relu(x, slope))
 
 
+def test_dropout_with_ratio_1_is_the_identity_at_test_time() -> None:
+    # DropoutLayer's 0 < ratio < 1 is a DCHECK (debug builds only): a release Caffe loads ratio 1
+    net = make_net('layer { name: "drop" type: "Dropout" bottom: "x" top: "x" dropout_param { dropout_ratio: 1 } }',
+                   {"x": (2, 5)})
+    x = rng_for("drop-1").standard_normal((2, 5))
+    assert_close(run(net, x)["x"], x)
+
+
 def test_dropout_is_the_identity_at_test_time_and_split_copies() -> None:
     net = make_net('layer { name: "drop" type: "Dropout" bottom: "x" top: "x" dropout_param { dropout_ratio: 0.7 } }\n'
                    'layer { name: "split" type: "Split" bottom: "x" top: "a" top: "b" }', {"x": (2, 5)})
@@ -245,6 +272,18 @@ def test_dropout_is_the_identity_at_test_time_and_split_copies() -> None:
     out = run(net, x)
     assert_close(out["a"], x)
     assert_close(out["b"], x)
+
+
+@pytest.mark.parametrize("layer", ['type: "Split" bottom: "x" top: "y"',
+                                   'type: "Slice" bottom: "x" top: "y" slice_param { axis: 1 }'])
+def test_split_and_slice_with_one_top_pass_the_blob_through(layer: str) -> None:
+    # Caffe allows one top (SplitLayer copies, SliceLayer shares the bottom's data): the top is a blob
+    net = make_net(f'layer {{ name: "s" {layer} }}\nlayer {{ name: "r" type: "ReLU" bottom: "y" top: "z" }}',
+                   {"x": (2, 3, 4)})
+    x = rng_for("one-top", layer).standard_normal((2, 3, 4))
+    out = run(net, x)
+    assert_close(out["y"], x)
+    assert_close(out["z"], ref.relu(x))
 
 
 # --- BatchNorm, Scale, Bias --------------------------------------------------------------------------
@@ -374,6 +413,15 @@ def test_eltwise(operation: str, coeffs: list[float], n: int) -> None:
     assert_close(run(net, *xs)["y"], ref.eltwise(xs, operation, coeffs or None))
 
 
+def test_eltwise_max_ignores_coeff() -> None:
+    # EltwiseLayer refuses coeff only for PROD: MAX accepts them (one per bottom) and ignores them
+    net = make_net('layer { name: "e" type: "Eltwise" bottom: "a" bottom: "b" top: "y" '
+                   'eltwise_param { operation: MAX coeff: 2 coeff: -3 } }', {"a": (2, 5), "b": (2, 5)})
+    rng = rng_for("eltwise-max-coeff")
+    a, b = rng.standard_normal((2, 5)), rng.standard_normal((2, 5))
+    assert_close(run(net, a, b)["y"], ref.eltwise([a, b], "MAX"))
+
+
 @pytest.mark.parametrize("shape,shared", [((2, 3, 4, 5), False), ((2, 3, 4, 5), True), ((4, 6), False),
                                           ((2, 3, 7), True)])
 def test_prelu(shape: Shape, shared: bool) -> None:
@@ -420,6 +468,14 @@ def test_neuron_layers(case) -> None:
         x = transform(x)
     x = x.astype(np.float32).astype(np.float64)  # the threshold comparison must see the same values
     assert_close(run(net, x)["y"], reference(x))
+
+
+def test_exp_with_an_overflowing_shift_gives_inf_as_caffe() -> None:
+    # ExpLayer does not check outer_scale = base^shift: in float it overflows to inf, and so do the outputs
+    net = make_net('layer { name: "n" type: "Exp" bottom: "x" top: "y" exp_param { base: 10 shift: 400 } }',
+                   {"x": (3,)})
+    y = run(net, np.array([-1.0, 0.0, 1.0]))["y"]
+    assert np.all(np.isinf(y)) and np.all(y > 0)
 
 
 def test_power_with_zero_scale_ignores_even_nan_and_inf_inputs() -> None:
@@ -499,6 +555,7 @@ CROP_CASES = [
     ((2, 3, 9, 8), (1, 2, 5, 4), 1, [1]),
     ((2, 3, 9, 8), (2, 3, 9, 5), -1, []),
     ((3, 4, 6, 6), (2, 2, 3, 3), 0, [1, 2, 3, 0]),
+    ((2, 3, 9, 8), (2, 3, 5, 4, 7), 2, [1]),   # CropLayer reads the reference's first 4 axes only
 ]
 
 
@@ -586,12 +643,49 @@ def test_accuracy(case) -> None:
     extra = "" if ignore is None else f"ignore_label: {ignore}"
     net = make_net(f'layer {{ name: "acc" type: "Accuracy" bottom: "s" bottom: "l" top: "acc" '
                    f'accuracy_param {{ axis: {axis} top_k: {top_k} {extra} }} }}', {"s": shape, "l": label_shape})
-    rng = rng_for("accuracy", case)
-    scores = rng.integers(0, 3, shape).astype(np.float64)  # integer scores: plenty of ties, which count as hits
-    labels = rng.integers(0, classes, label_shape).astype(np.float64)
+    rng = rng_for("accuracy-ties-count-against", case)
+    scores = rng.integers(0, 4, shape).astype(np.float64)  # integer scores: ties, which count against the label
+    labels = rng.integers(0, classes, label_shape)
+    # half the labels on a top class (a hit unless tied), the rest random
+    labels = np.where(rng.random(label_shape) < 0.5, scores.argmax(axis), labels).astype(np.float64)
     expected = ref.accuracy(scores, labels, axis, top_k, ignore)
     assert 0.0 < expected < 1.0  # the case exercises both hits and misses
     assert_close(run(net, scores, labels)["acc"], np.float64(expected))
+
+
+def test_accuracy_counts_a_tie_with_the_true_class_as_a_miss() -> None:
+    # BVLC master's AccuracyLayer: num_better_predictions starts at -1 and counts scores >= the label's,
+    # so a class tied with the label's score takes its place (older Caffes counted ties as hits)
+    net = make_net('layer { name: "acc" type: "Accuracy" bottom: "s" bottom: "l" top: "acc" }\n'
+                   'layer { name: "acc2" type: "Accuracy" bottom: "s" bottom: "l" top: "acc2" '
+                   'accuracy_param { top_k: 2 } }', {"s": (4, 3), "l": (4,)})
+    scores = np.array([[1.0, 1.0, 0.0],    # label 0 tied with class 1: top-1 miss, top-2 hit
+                       [2.0, 1.0, 1.0],    # label 2 tied with class 1, below class 0: top-2 miss
+                       [0.0, 3.0, 1.0],    # label 1, alone on top: hit
+                       [5.0, 5.0, 5.0]])   # label 1, a three-way tie: top-1 and top-2 miss
+    labels = np.array([0.0, 2.0, 1.0, 1.0])
+    out = run(net, scores, labels)
+    assert_close(out["acc"], np.float64(0.25))
+    assert_close(out["acc2"], np.float64(0.5))
+    assert ref.accuracy(scores, labels) == 0.25 and ref.accuracy(scores, labels, top_k=2) == 0.5
+
+
+@pytest.mark.parametrize("ignore", [None, 2])
+def test_accuracy_per_class_top(ignore: int | None) -> None:
+    # the optional second top: per class, hits / labels of that class (0 for a class without labels)
+    extra = "" if ignore is None else f"ignore_label: {ignore}"
+    net = make_net(f'layer {{ name: "acc" type: "Accuracy" bottom: "s" bottom: "l" top: "acc" top: "per_class" '
+                   f'accuracy_param {{ axis: 1 {extra} }} }}', {"s": (3, 5, 4), "l": (3, 4)})
+    rng = rng_for("accuracy-per-class", ignore)
+    scores = rng.integers(0, 4, (3, 5, 4)).astype(np.float64)
+    labels = rng.integers(0, 4, (3, 4))  # class 4 never occurs: its rate is 0
+    labels = np.where(rng.random((3, 4)) < 0.5, scores[:, :4].argmax(1), labels).astype(np.float64)
+    assert net.layer("acc").out_shapes == ((), (5,))
+    out = run(net, scores, labels)
+    accuracy, per_class = ref.accuracy_with_per_class(scores, labels, 1, 1, ignore)
+    assert 0.0 < accuracy < 1.0
+    assert_close(out["acc"], np.float64(accuracy))
+    assert_close(out["per_class"], per_class)
 
 
 # (scores shape, axis, loss_param text, normalization, ignore_label)
@@ -622,6 +716,18 @@ def test_softmax_with_loss(case) -> None:
     assert_close(run(net, scores, labels)["loss"], np.float64(expected))
 
 
+def test_softmax_with_loss_second_top_is_the_softmax() -> None:
+    # SoftmaxWithLossLayer's optional second top shares its internal softmax output (prob_)
+    net = make_net('layer { name: "loss" type: "SoftmaxWithLoss" bottom: "s" bottom: "l" top: "loss" top: "prob" '
+                   'softmax_param { axis: 2 } }', {"s": (2, 3, 4), "l": (2, 3)})
+    rng = rng_for("loss-prob")
+    scores, labels = rng.standard_normal((2, 3, 4)) * 2, rng.integers(0, 4, (2, 3)).astype(np.float64)
+    assert net.layer("loss").out_shapes == ((), (2, 3, 4))
+    out = run(net, scores, labels)
+    assert_close(out["prob"], ref.softmax(scores, 2))
+    assert_close(out["loss"], np.float64(ref.softmax_with_loss(scores, labels, 2)))
+
+
 # --- the batch size stays free -------------------------------------------------------------------------
 def test_new_converters_run_on_another_batch_size() -> None:
     net = make_net('layer { name: "bn" type: "BatchNorm" bottom: "x" top: "x" }\n'
@@ -643,6 +749,39 @@ def test_new_converters_run_on_another_batch_size() -> None:
     out = run(net, x, check_shapes=False)
     assert_close(out["y"], expected)
     assert out["b"].shape == (3, 3, 4, 4)
+
+
+# --- in-place computation as Net::Init allows it -----------------------------------------------------------
+@pytest.mark.parametrize("layers", [
+    # a second reader of conv's output: InsertSplits renames the ReLU's bottom, its top "c" is then a second source
+    'layer { name: "fc" type: "InnerProduct" bottom: "c" top: "f" inner_product_param { num_output: 2 } }\n'
+    'layer { name: "relu" type: "ReLU" bottom: "c" top: "c" }',
+    'layer { name: "sig" type: "Sigmoid" bottom: "c" top: "s" }\n'
+    'layer { name: "cat" type: "Concat" bottom: "s" bottom: "c" top: "y" }\n'
+    'layer { name: "abs" type: "AbsVal" bottom: "s" top: "s" }',
+    # in place only at the same index: top 0 named like bottom 1
+    'layer { name: "e" type: "Eltwise" bottom: "x" bottom: "c" top: "c" }',
+])
+def test_in_place_on_a_blob_read_elsewhere_is_refused_as_caffe_does(layers: str) -> None:
+    head = ('layer { name: "conv" type: "Convolution" bottom: "x" top: "c" '
+            'convolution_param { num_output: 3 kernel_size: 1 } }\n')
+    with pytest.raises(NetDefinitionError, match="multiple sources"):
+        make_net(head + layers, {"x": (2, 3, 4, 4)})
+
+
+def test_in_place_chains_are_allowed() -> None:
+    # each in-place layer reads the latest value of its blob, and nobody else reads that value
+    net = make_net('layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }\n'
+                   'layer { name: "drop" type: "Dropout" bottom: "x" top: "x" }\n'
+                   'layer { name: "split" type: "Split" bottom: "x" top: "a" top: "b" }\n'
+                   'layer { name: "neg" type: "Power" bottom: "a" top: "a" power_param { scale: -1 } }\n'
+                   'layer { name: "sum" type: "Eltwise" bottom: "a" bottom: "b" top: "y" }\n'
+                   'layer { name: "shift" type: "Power" bottom: "y" top: "y" power_param { shift: 2 } }',
+                   {"x": (2, 3)})
+    x = rng_for("in-place-chain").standard_normal((2, 3))
+    out = run(net, x)
+    assert_close(out["y"], np.full((2, 3), 2.0))
+    assert_close(out["b"], ref.relu(x))
 
 
 # --- bad parameters ----------------------------------------------------------------------------------------
@@ -677,6 +816,25 @@ BAD_CASES = [
      "group"),
     ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 2 pad: 2 }', "pad"),
     ('type: "Pooling" bottom: "x" top: "y" pooling_param { pool: STOCHASTIC kernel_size: 3 pad: 1 }', "pad"),
+    # PoolingLayer::LayerSetUp: "pad is pad OR pad_h and pad_w are required", the same for stride, and
+    # "Filter size is kernel_size OR kernel_h and kernel_w; not both"
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 pad_h: 1 }', "pad_w"),
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 pad: 1 pad_h: 1 pad_w: 1 }', "pad_w"),
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 stride_w: 2 }', "stride_w"),
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 stride: 2 stride_h: 2 stride_w: 2 }',
+     "stride_w"),
+    ('type: "Pooling" bottom: "x" top: "y" pooling_param { kernel_size: 3 kernel_h: 2 kernel_w: 2 }', "not both"),
+    # BaseConvolutionLayer: "Either kernel_size or kernel_h/w should be specified; not both."
+    ('type: "Convolution" bottom: "x" top: "y" convolution_param { num_output: 2 kernel_size: 3 kernel_h: 1 '
+     'kernel_w: 1 }', "not both"),
+    ('type: "Crop" bottom: "x" bottom: "v" top: "y" crop_param { axis: 0 }', "fewer axes"),
+    ('type: "Accuracy" bottom: "z" bottom: "l" top: "a" top: "b" top: "c"', "at most two tops"),
+    # FlattenLayer, ReshapeLayer, SplitLayer: "Layer does not allow in-place computation."
+    ('type: "Flatten" bottom: "x" top: "x"', "in-place"),
+    ('type: "Reshape" bottom: "x" top: "x" reshape_param { shape { dim: 0 dim: -1 } }', "in-place"),
+    ('type: "Split" bottom: "x" top: "x" top: "x_copy"', "in-place"),
+    # LossLayer::Reshape: "The data and label should have the same first dimension." (the counts agree here)
+    ('type: "SoftmaxWithLoss" bottom: "z" bottom: "l2" top: "loss" softmax_param { axis: 1 }', "first dimension"),
     ('type: "LRN" bottom: "x" top: "y" lrn_param { local_size: 4 }', "odd"),
     ('type: "InnerProduct" bottom: "x" top: "y" inner_product_param { num_output: 2 axis: 4 }', "out of range"),
     ('type: "BatchNorm" bottom: "x" top: "y" param { lr_mult: 1 }', "lr_mult"),
@@ -687,7 +845,7 @@ BAD_CASES = [
 def test_bad_parameters_name_the_layer(layer: str, message: str) -> None:
     with pytest.raises(NetDefinitionError) as info:
         make_net(f'layer {{ name: "bad_layer" {layer} }}',
-                 {"x": (2, 3, 4, 5), "x2": (2, 3, 4, 5), "z": (2, 3, 2, 2), "v": (6,)})
+                 {"x": (2, 3, 4, 5), "x2": (2, 3, 4, 5), "z": (2, 3, 2, 2), "v": (6,), "l": (2, 2, 2), "l2": (4, 2)})
     assert info.value.layer == "bad_layer"
     assert "bad_layer" in str(info.value)
     assert message in str(info.value)

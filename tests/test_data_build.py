@@ -405,6 +405,36 @@ def test_list_mode_missing_images_fail_or_skip(tree: Tree, tmp_path: Path) -> No
     result = build_from_list(list_file, tree.images, tmp_path / "out", on_missing="skip")
     assert (result.records, result.missing.missing) == (2, 2)
     assert [r.label for r in DatumLMDB(result.path)] == [1, 3]
+    # convert_imageset skips the missing lines, leaving their numbers unused in the keys
+    assert DatumLMDB(result.path).keys == [f"00000000_{tree.paths[0]}", f"00000002_{tree.paths[1]}"]
+
+
+def test_list_mode_gray_and_encode_type_as_convert_imageset(tree: Tree, tmp_path: Path) -> None:
+    import cv2
+
+    list_file = tmp_path / "list.txt"
+    list_file.write_text(f"{tree.paths[0]} 1\n\n{tree.paths[1]} 3\n")  # a blank line takes number 1
+    grey = build_from_list(list_file, tree.images, tmp_path / "grey", SIZE, gray=True)
+    with DatumLMDB(grey.path) as db:
+        assert db.keys == [f"00000000_{tree.paths[0]}", f"00000002_{tree.paths[1]}"]
+        for record, name in zip(db, tree.paths[:2]):
+            expected = cv2.resize(cv2.imread(str(tree.images / name), cv2.IMREAD_GRAYSCALE), (SIZE, SIZE),
+                                  interpolation=cv2.INTER_LINEAR)
+            np.testing.assert_array_equal(record.image, expected[None])
+    jpg = build_from_list(list_file, tree.images, tmp_path / "jpg", encode_type="jpg")  # matches: the files
+    with DatumLMDB(jpg.path) as db:
+        assert [db.datum(i).data for i in range(2)] == [(tree.images / p).read_bytes() for p in tree.paths[:2]]
+    # the same through the command line
+    result = run_cli("data", "build", "--list", list_file, "--images", tree.images, "--out", tmp_path / "cli_grey",
+                     "--resize", SIZE, "--gray")
+    assert result.exit_code == 0, result.stderr
+    with DatumLMDB(tmp_path / "cli_grey") as ours, DatumLMDB(grey.path) as library:
+        assert ours.keys == library.keys and [r.image.tobytes() for r in ours] == [r.image.tobytes() for r in library]
+    result = run_cli("data", "build", "--list", list_file, "--images", tree.images, "--out", tmp_path / "cli_jpg",
+                     "--encode-type", "jpg")
+    assert result.exit_code == 0, result.stderr
+    with DatumLMDB(tmp_path / "cli_jpg") as db:
+        assert [db.datum(i).data for i in range(2)] == [(tree.images / p).read_bytes() for p in tree.paths[:2]]
 
 
 # --- usage and input errors ---------------------------------------------------------------------------
@@ -414,6 +444,7 @@ def test_list_mode_missing_images_fail_or_skip(tree: Tree, tmp_path: Path) -> No
     (["--adience-root", ".", "--fold", "0"], 2, "missing --target"),
     (["--adience-root", ".", "--fold", "7", "--target", "age"], 2, "expected a fold 0..4 or 'all'"),
     (["--adience-root", ".", "--fold", "0", "--target", "age", "--shuffle"], 2, "belong to the --list mode"),
+    (["--adience-root", ".", "--fold", "0", "--target", "age", "--encode-type", "png"], 2, "belong to the --list mode"),
     (["--adience-root", ".", "--fold", "0", "--target", "age", "--resize", "8", "--no-resize"], 2, "not both"),
     (["--adience-root", ".", "--fold", "0", "--target", "height"], 1, "unknown target 'height'"),
     (["--adience-root", ".", "--fold", "0", "--target", "age", "--variant", "tilted"], 1, "unknown variant"),

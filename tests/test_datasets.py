@@ -159,6 +159,50 @@ def test_image_list_dataset_names_the_list_line_of_a_corrupt_image(tmp_path: Pat
         dataset[0]
 
 
+@pytest.mark.shared
+def test_image_list_dataset_as_an_image_data_layer(faces: tuple[Path, ImageList], tmp_path: Path) -> None:
+    """ImageData (is_color: false, new_height/new_width) reads grey images and transforms them as cv::Mat:
+    with mirror and a mean file the mean is not mirrored; a crop with a mean file as BVLC's does it."""
+    import cv2
+
+    root, image_list = faces
+    mean = MeanImage(np.random.default_rng(3).random((1, SIZE, SIZE), dtype=np.float32) * 255, per_channel=False)
+    transform = CaffeTransform(mirror=True, mean=mean, phase="TRAIN")
+    dataset = ImageListDataset(image_list, root, transform, resize=(SIZE, SIZE), gray=True, layer="ImageData")
+    grey = cv2.resize(cv2.imread(str(root / image_list.paths[0]), cv2.IMREAD_GRAYSCALE), (SIZE, SIZE),
+                      interpolation=cv2.INTER_LINEAR).astype(np.float32)[None]
+    seen = set()
+    for epoch in range(8):
+        dataset.set_epoch(epoch)
+        image, _ = dataset[0]
+        plain, flipped = grey - mean.values, grey[..., ::-1] - mean.values
+        assert np.array_equal(image.numpy(), plain) or np.array_equal(image.numpy(), flipped)
+        seen.add(bool(np.array_equal(image.numpy(), flipped)))
+    assert seen == {False, True}
+    raw = ImageListDataset(image_list, root, None, resize=(SIZE, SIZE), gray=True)[0][0]
+    assert raw.shape == (1, SIZE, SIZE) and raw.dtype == torch.uint8
+    cropping = ImageListDataset(image_list, root, CaffeTransform(crop_size=CROP, mean=mean), resize=(SIZE, SIZE),
+                                gray=True, layer="ImageData")
+    offset = (SIZE - CROP) // 2  # BVLC's arithmetic (that fork aborts here): the mean at the source pixel
+    window = np.s_[:, offset:offset + CROP, offset:offset + CROP]
+    assert np.array_equal(cropping[0][0].numpy(), grey[window] - mean.values[window])
+    with pytest.raises(AgegenderError, match="layer must be"):
+        ImageListDataset(image_list, root, layer="Window")
+
+
+def test_transform_collate_of_decoded_images() -> None:
+    mean = MeanImage(np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4), per_channel=False)
+    collate_fn = TransformCollate(CaffeTransform(mirror=True, mean=mean), seed=1, from_mat=True)
+    images = np.random.default_rng(0).integers(0, 256, (16, 2, 3, 4), dtype=np.uint8)
+    out, _ = collate_fn([(torch.from_numpy(image), 0) for image in images])
+    for image, result in zip(images.astype(np.float32), out.numpy()):
+        assert np.array_equal(result, image - mean.values) or np.array_equal(result, image[..., ::-1] - mean.values)
+    assert any(np.array_equal(r, i[..., ::-1] - mean.values) for i, r in zip(images.astype(np.float32), out.numpy()))
+    import pickle
+
+    assert pickle.loads(pickle.dumps(collate_fn)).from_mat
+
+
 # --- GPUResidentDataset (on CPU tensors here) --------------------------------------------------------------
 @pytest.mark.shared
 @pytest.mark.parametrize("generator_kind", ["numpy", "torch"])

@@ -120,7 +120,25 @@ POOL_CASES = [
     ("max_global", "MAX", None, (1, 1), (0, 0), "CEIL"),
     ("sto_k3s2", "STOCHASTIC", (3, 3), (2, 2), (0, 0), "CEIL"),
     ("sto_k2s2", "STOCHASTIC", (2, 2), (2, 2), (0, 0), "CEIL"),
+    # on ReLU(x): windows of zeros, and (k1s3) windows past the input, are 0 (Caffe's sum starts at FLT_MIN)
+    ("sto0_k2s2", "STOCHASTIC", (2, 2), (2, 2), (0, 0), "CEIL"),
+    ("sto0_k1s3", "STOCHASTIC", (1, 1), (3, 3), (0, 0), "CEIL"),
 ]
+
+
+def pool_bottom(name: str, method: str) -> str:
+    """The blob a POOL_CASES entry pools: ``data``; STOCHASTIC ``pos`` (> 0) or, for ``sto0_``, ``rect``."""
+    if method != "STOCHASTIC":
+        return "data"
+    return "rect" if name.startswith("sto0_") else "pos"
+
+
+def pool_source(name: str, method: str, x: np.ndarray) -> np.ndarray:
+    """The numpy value of :func:`pool_bottom` for the input ``x``."""
+    bottom = pool_bottom(name, method)
+    if bottom == "pos":
+        return np.exp(0.01 * x.astype(np.float64))
+    return np.maximum(x, 0) if bottom == "rect" else x
 
 # LRN with k != 1 (OpenCV dnn 4.14 ignores k, so the tiny net above keeps k = 1) and within a channel
 LRN_CASES = {"lrn_k2": (3, 0.01, 0.75, 2.0, "ACROSS_CHANNELS"), "lrn_within": (5, 0.1, 0.6, 1.0, "WITHIN_CHANNEL")}
@@ -128,15 +146,16 @@ LRN_CASES = {"lrn_k2": (3, 0.01, 0.75, 2.0, "ACROSS_CHANNELS"), "lrn_within": (5
 
 def pooling_net() -> str:
     """One Pooling layer per POOL_CASES entry, each reading the input (STOCHASTIC: exp(x / 100), > 0 and
-    well away from 0, so that no window sums to 0)."""
+    well away from 0, or ReLU(x), with windows of zeros: see :func:`pool_bottom`)."""
     lines = ['name: "pools"',
              'layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 1 dim: 2 dim: 14 dim: 11 } } }',
-             'layer { name: "pos" type: "Exp" bottom: "data" top: "pos" exp_param { scale: 0.01 } }']
+             'layer { name: "pos" type: "Exp" bottom: "data" top: "pos" exp_param { scale: 0.01 } }',
+             'layer { name: "rect" type: "ReLU" bottom: "data" top: "rect" }']
     for name, method, kernel, stride, pad, mode in POOL_CASES:
         size = "global_pooling: true" if kernel is None else f"kernel_h: {kernel[0]} kernel_w: {kernel[1]}"
         geometry = "" if kernel is None else (f"stride_h: {stride[0]} stride_w: {stride[1]} "
                                               f"pad_h: {pad[0]} pad_w: {pad[1]}")
-        bottom = "pos" if method == "STOCHASTIC" else "data"
+        bottom = pool_bottom(name, method)
         lines.append(f'layer {{ name: "{name}" type: "Pooling" bottom: "{bottom}" top: "{name}" '
                      f"pooling_param {{ pool: {method} {size} {geometry} round_mode: {mode} }} }}")
     for name, (size, alpha, beta, k, region) in LRN_CASES.items():
@@ -229,6 +248,25 @@ def test_pool_plans_equal_caffe_pooling_on_many_geometries() -> None:
     assert {"MAX floor", "MAX ceil", "MAX explicit", "AVE floor", "AVE explicit"} <= set(kinds), kinds
 
 
+def test_stochastic_pool_plans_equal_caffe_pooling_with_zero_windows() -> None:
+    """STOCHASTIC (test time, no padding) on ReLU outputs: windows of zeros and windows past the input give
+    0 in both forms, as Caffe's FLT_MIN-started sum does (not 0/0)."""
+    rng = np.random.default_rng(2)
+    zeros = 0
+    for size in range(3, 10):
+        x = torch.relu(torch.from_numpy(rng.standard_normal((2, 2, size, size + 1)).astype(np.float32)))
+        for kernel in range(1, 4):
+            for stride in range(1, 4):
+                caffe = CaffePooling("STOCHASTIC", (kernel, kernel), (stride, stride), (0, 0), True)
+                plan = plan_pooling(caffe, (size, size + 1))
+                expected = caffe(x)
+                got = OnnxPooling(plan)(x)
+                assert torch.isfinite(expected).all() and torch.isfinite(got).all(), plan.describe()
+                zeros += int((expected == 0).sum())
+                torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6, msg=plan.describe())
+    assert zeros > 50
+
+
 def test_pooling_geometries_in_onnx_runtime_match_caffes_arithmetic(tmp_path: Path) -> None:
     prototxt, _, net = write_net(tmp_path, pooling_net(), "pools", seed=None)
     assert net.output_names == [case[0] for case in POOL_CASES] + list(LRN_CASES)
@@ -246,10 +284,11 @@ def test_pooling_geometries_in_onnx_runtime_match_caffes_arithmetic(tmp_path: Pa
 
     x = np.random.default_rng(1).standard_normal((3, 2, 14, 11)).astype(np.float32) * 10
     got = run_onnx(ort_session(tmp_path / "pools.onnx"), {"data": x})
-    positive = np.exp(0.01 * x.astype(np.float64))
     for name, method, kernel, stride, pad, mode in POOL_CASES:
-        source = positive if method == "STOCHASTIC" else x
+        source = pool_source(name, method, x)
         expected = ref_ops.pool2d(source, method, kernel, stride, pad, mode)
+        if name.startswith("sto0_"):
+            assert np.sum(expected == 0.0) >= 2, name  # the case has windows of zeros (or past the input)
         assert got[name].shape == expected.shape, name
         np.testing.assert_allclose(got[name], expected, rtol=1e-5, atol=1e-5, err_msg=name)
     for name, (size, alpha, beta, k, region) in LRN_CASES.items():
@@ -264,7 +303,7 @@ def test_pooling_geometries_in_onnx_runtime_match_caffes_arithmetic(tmp_path: Pa
     module = import_file(py.source_path, "pools_generated")
     outs = module.load()(torch.from_numpy(x))
     for (name, method, kernel, stride, pad, mode), out in zip(POOL_CASES, outs):
-        source = positive if method == "STOCHASTIC" else x
+        source = pool_source(name, method, x)
         np.testing.assert_allclose(out.numpy(), ref_ops.pool2d(source, method, kernel, stride, pad, mode),
                                    rtol=1e-5, atol=1e-5, err_msg=name)
     assert "CaffePaddedPool" in py.source_path.read_text()

@@ -241,13 +241,98 @@ def test_encoded_with_resize_or_encode_type_reencodes(tmp_path: Path, faces: Pat
         datum = protobuf_datum_class().FromString(value)
         assert datum.encoded and datum.data[:2] == b"\xff\xd8"
         assert datum.data == cv2.imencode(".jpg", resized)[1].tobytes()
+        # EncodeCVMatToDatum sets the encoded image's channels, height and width too
+        assert (datum.channels, datum.height, datum.width) == (3, 64, 48)
     assert read_all(tmp_path / "small")[1].shape == (3, 3, 64, 48)
 
     report = write_datum_lmdb(tmp_path / "png", items, encode_type="PNG", root=faces)  # implies encoded
     assert report.written == 3
-    assert all(v[:10].find(b"\x89PNG") >= 0 for _, v in plain_records(tmp_path / "png"))
+    for _, value in plain_records(tmp_path / "png"):
+        datum = protobuf_datum_class().FromString(value)
+        assert datum.data[:4] == b"\x89PNG" and (datum.channels, datum.height, datum.width) == (3, 200, 200)
     _, images, _ = read_all(tmp_path / "png")  # lossless: exactly the decoded JPEGs
     assert np.array_equal(images.astype(np.float32), caffe_read["raw_data"][:3])
+
+
+def test_encode_type_of_the_files_extension_keeps_their_bytes(tmp_path: Path, sample: Path, faces: Path,
+                                                              list_items: list) -> None:
+    """matchExt compares the extension without its dot: --encode_type=jpg on .jpg files stores the files
+    (the LMDB is then the one --encoded alone writes), and jpg also matches .jpeg; ".jpg" matches nothing."""
+    write_datum_lmdb(tmp_path / "jpg", list_items, encode_type="jpg", root=faces)
+    assert plain_records(tmp_path / "jpg") == plain_records(sample / "encoded")
+    write_datum_lmdb(tmp_path / "JPG", list_items[:2], encode_type="JPG", root=faces)
+    assert plain_records(tmp_path / "JPG") == plain_records(sample / "encoded")[:2]
+    (tmp_path / "img").mkdir()
+    shutil.copyfile(faces / list_items[0][0], tmp_path / "img" / "a.jpeg")
+    write_datum_lmdb(tmp_path / "jpeg", [("a.jpeg", 4)], encode_type="jpg", root=tmp_path / "img")
+    datum = protobuf_datum_class().FromString(plain_records(tmp_path / "jpeg")[0][1])
+    assert datum.data == (tmp_path / "img" / "a.jpeg").read_bytes() and not datum.HasField("channels")
+    write_datum_lmdb(tmp_path / "guess", [("a.jpeg", 4)], encoded=True, root=tmp_path / "img")  # guess "jpeg"
+    assert plain_records(tmp_path / "guess") == plain_records(tmp_path / "jpeg")
+    write_datum_lmdb(tmp_path / "dot", [("a.jpeg", 4)], encode_type=".jpg", root=tmp_path / "img")
+    datum = protobuf_datum_class().FromString(plain_records(tmp_path / "dot")[0][1])
+    assert datum.data != (tmp_path / "img" / "a.jpeg").read_bytes() and datum.channels == 3  # re-encoded
+
+
+def test_reused_datum_carries_the_shape_of_the_last_reencoded_image(tmp_path: Path) -> None:
+    """convert_imageset fills one Datum: a file stored as it is (ReadFileToDatum) keeps the channels,
+    height and width that the last re-encoded image (EncodeCVMatToDatum) set, also across a resume."""
+    rng = np.random.default_rng(4)
+    names = ["a.png", "b.jpg", "c.png", "d.png"]
+    for index, name in enumerate(names):
+        cv2.imwrite(str(tmp_path / name), rng.integers(0, 256, (10 + index, 20, 3), dtype=np.uint8))
+    items = [(name, index) for index, name in enumerate(names)]
+    write_datum_lmdb(tmp_path / "out", items, encode_type="png", root=tmp_path)
+    datums = [protobuf_datum_class().FromString(v) for _, v in plain_records(tmp_path / "out")]
+    assert not datums[0].HasField("channels") and datums[0].data == (tmp_path / "a.png").read_bytes()
+    assert (datums[1].channels, datums[1].height, datums[1].width) == (3, 11, 20) and datums[1].data[:4] == b"\x89PNG"
+    for datum, name in zip(datums[2:], names[2:]):  # the files' bytes, with b.jpg's shape left in the Datum
+        assert datum.data == (tmp_path / name).read_bytes()
+        assert (datum.channels, datum.height, datum.width) == (3, 11, 20)
+    assert [d.label for d in datums] == [0, 1, 2, 3]
+
+    def stop(done: int, total: int) -> None:
+        if done == 3:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        write_datum_lmdb(tmp_path / "again", items, encode_type="png", root=tmp_path, commit_every=1, progress=stop)
+    write_datum_lmdb(tmp_path / "again", items, encode_type="png", root=tmp_path, commit_every=1)
+    assert plain_records(tmp_path / "again") == plain_records(tmp_path / "out")
+
+
+def test_gray_writes_one_channel_datums(tmp_path: Path, faces: Path, list_items: list) -> None:
+    items = list_items[:2]
+    write_datum_lmdb(tmp_path / "g", items, resize=(32, 24), gray=True, root=faces)
+    for (_, value), (name, _) in zip(plain_records(tmp_path / "g"), items):
+        datum = protobuf_datum_class().FromString(value)
+        grey = cv2.resize(cv2.imread(str(faces / name), cv2.IMREAD_GRAYSCALE), (24, 32), interpolation=cv2.INTER_LINEAR)
+        assert (datum.channels, datum.height, datum.width) == (1, 32, 24) and datum.data == grey.tobytes()
+    # --gray --encoded without resize still stores the colour JPEG file as it is
+    write_datum_lmdb(tmp_path / "ge", items, encoded=True, gray=True, root=faces)
+    assert [v for _, v in plain_records(tmp_path / "ge")] == [
+        encode_message(Message("Datum", data=(faces / name).read_bytes(), label=label, encoded=True))
+        for name, label in items]
+
+
+def test_keys_number_the_list_files_lines_as_convert_imageset(tmp_path: Path, faces: Path, list_items: list) -> None:
+    """convert_imageset's line_id counts every line of the list: blank lines and images it skips leave
+    their numbers unused."""
+    from agegender.folds import read_image_list
+
+    names = [name for name, _ in list_items[:3]]
+    list_file = tmp_path / "list.txt"
+    list_file.write_text(f"{names[0]} 1\n\n{names[1]} 2\n   \nmissing.jpg 0\n{names[2]} 3\n")
+    entries = read_image_list(list_file)
+    write_datum_lmdb(tmp_path / "out", entries, root=faces, skip_unreadable=True)
+    keys = [k.decode() for k, _ in plain_records(tmp_path / "out")]
+    assert keys == [f"00000000_{names[0]}", f"00000002_{names[1]}", f"00000005_{names[2]}"]
+    # plain pairs are numbered by position, and a shuffled list by its shuffled position
+    write_datum_lmdb(tmp_path / "pairs", [(e.path, e.label) for e in entries if e.path != "missing.jpg"], root=faces)
+    assert [k[:8] for k, _ in plain_records(tmp_path / "pairs")] == [b"00000000", b"00000001", b"00000002"]
+    write_datum_lmdb(tmp_path / "shuffled", entries.select([e.path != "missing.jpg" for e in entries]), root=faces,
+                     shuffle=True)
+    assert sorted(k[:8] for k, _ in plain_records(tmp_path / "shuffled")) == [b"00000000", b"00000001", b"00000002"]
 
 
 def test_map_size_grows_as_needed(tmp_path: Path, sample: Path, faces: Path, list_items: list) -> None:
@@ -350,6 +435,38 @@ def test_images_of_different_sizes_have_no_mean(tmp_path: Path) -> None:
     })
     with pytest.raises(CaffemodelError, match="'00000001_b' is 3 x 5 x 4 but the first"):
         compute_image_mean(path)
+
+
+def test_mean_of_records_with_as_many_values_in_another_shape(tmp_path: Path,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """compute_image_mean checks only the number of values (CHECK_EQ(size_in_datum, data_size)): a
+    4 x 5 record after a 5 x 4 one is added value by value, into the first record's shape."""
+    first = np.arange(3 * 5 * 4, dtype=np.uint8).reshape(3, 5, 4)
+    second = (np.arange(3 * 4 * 5, dtype=np.uint8)[::-1] * 3).reshape(3, 4, 5)
+    path = put_records(tmp_path / "m", {b"00000000_a": raw_datum(first), b"00000001_b": raw_datum(second)})
+    with caplog.at_level("WARNING"):
+        mean = compute_image_mean(path)
+    expected = (first.astype(np.float32) + second.reshape(3, 5, 4)) / np.float32(2)
+    assert mean.shape == (1, 3, 5, 4) and np.array_equal(mean[0], expected)
+    assert "00000001_b" in caplog.text
+
+
+def test_printed_mean_values_sum_each_channel_in_float32_order() -> None:
+    from agegender.folds.lmdb_io import printed_mean_values
+
+    rng = np.random.default_rng(9)
+    mean = (rng.random((1, 3, 30, 40)) * 255).astype(np.float32)
+    mean[0, 1, 0, 0] = 3e7  # large first value: float32 running sums then lose the small ones' low bits
+    expected = []
+    for channel in mean[0]:  # compute_image_mean: mean_values[c] += sum_blob.data(dim * c + i), float
+        total = np.float32(0)
+        for value in channel.reshape(-1):
+            total = np.float32(total + value)
+        expected.append(np.float32(total / np.float32(channel.size)))
+    got = printed_mean_values(mean)
+    assert got.dtype == np.float32 and np.array_equal(got, np.array(expected, dtype=np.float32))
+    assert not np.array_equal(got[1], np.float32(mean[0, 1].astype(np.float64).mean()))  # the check can fail
+    assert np.array_equal(printed_mean_values(mean[0]), got)
 
 
 def test_corrupt_encoded_image_names_its_key(tmp_path: Path, faces: Path, list_items: list) -> None:
@@ -492,3 +609,50 @@ def test_readers_of_one_folder_share_it_and_workers_reopen_it(sample: Path, caff
     assert np.array_equal(torch.cat([b.image for b in batches]).numpy(), caffe_read["raw_data"])
     assert [key for b in batches for key in b.key] == second.keys
     second.close()
+
+
+# --- decoding flags: EXIF orientation, alpha, 16 bits -------------------------------------------------
+def _with_exif_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """``jpeg`` with an APP1 Exif segment holding only the Orientation tag."""
+    import struct
+
+    tiff = b"MM\x00\x2a\x00\x00\x00\x08" + struct.pack(">H", 1) + struct.pack(">HHIHH", 0x0112, 3, 1, orientation, 0)
+    payload = b"Exif\x00\x00" + tiff + b"\x00\x00\x00\x00"
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def test_exif_orientation_follows_the_opencv_flags_caffe_passes(tmp_path: Path) -> None:
+    """imread/imdecode with IMREAD_COLOR or IMREAD_GRAYSCALE apply the EXIF orientation, IMREAD_UNCHANGED
+    (-1, DecodeDatumToCVMatNative) does not: a raw LMDB holds the rotated image, an --encoded one the
+    file, which the Data layer decodes unrotated unless force_color/force_gray is set."""
+    image = np.zeros((20, 40, 3), np.uint8)
+    image[:5, :10] = 255
+    (tmp_path / "rot.jpg").write_bytes(_with_exif_orientation(cv2.imencode(".jpg", image)[1].tobytes(), 6))
+    write_datum_lmdb(tmp_path / "raw", [("rot.jpg", 0)], root=tmp_path)
+    write_datum_lmdb(tmp_path / "enc", [("rot.jpg", 0)], encoded=True, root=tmp_path)
+    raw = read_all(tmp_path / "raw")[1][0]
+    assert raw.shape == (3, 40, 20)  # rotated by imread(IMREAD_COLOR)
+    assert np.array_equal(raw, cv2.imread(str(tmp_path / "rot.jpg"), cv2.IMREAD_COLOR).transpose(2, 0, 1))
+    assert protobuf_datum_class().FromString(plain_records(tmp_path / "enc")[0][1]).data == \
+        (tmp_path / "rot.jpg").read_bytes()
+    assert read_all(tmp_path / "enc")[1].shape == (1, 3, 20, 40)  # native: not rotated
+    assert np.array_equal(read_all(tmp_path / "enc", decode="color")[1][0], raw)
+    assert read_all(tmp_path / "enc", decode="gray")[1].shape == (1, 1, 40, 20)
+    assert compute_image_mean(tmp_path / "enc").shape == (1, 3, 20, 40)  # DecodeDatumNative
+
+
+def test_alpha_and_16_bit_pngs_in_encoded_datums(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    bgra = rng.integers(0, 256, (6, 7, 4), dtype=np.uint8)
+    deep = rng.integers(0, 65536, (6, 7, 3), dtype=np.uint16)
+    path = put_records(tmp_path / "p", {
+        b"00000000_a.png": encode_message(Message("Datum", data=cv2.imencode(".png", bgra)[1].tobytes(), encoded=True)),
+        b"00000001_d.png": encode_message(Message("Datum", data=cv2.imencode(".png", deep)[1].tobytes(), encoded=True)),
+    })
+    with DatumLMDB(path) as db:  # imdecode(-1): four channels kept
+        assert np.array_equal(db[0].image, bgra.transpose(2, 0, 1))
+        with pytest.raises(CaffemodelError, match="'00000001_d.png'.*uint16.*8 bits"):  # CHECK(depth == CV_8U)
+            db[1]
+    with DatumLMDB(path, decode="color") as db:  # IMREAD_COLOR: 3 channels of 8 bits
+        assert np.array_equal(db[0].image, bgra[..., :3].transpose(2, 0, 1))
+        assert db[1].image.dtype == np.uint8 and db[1].image.shape == (3, 6, 7)

@@ -297,3 +297,17 @@ def test_softmax_with_loss_gradient_is_caffes_even_where_the_loss_is_clamped() -
     assert float(loss.detach()) == pytest.approx(expected_loss, rel=1e-6)
     onehot = torch.nn.functional.one_hot(labels, 3).float()
     assert torch.allclose(scores.grad, (p - onehot) / 2, atol=1e-7)
+
+
+def test_accuracy_tops_report_the_accuracy_not_the_per_class_top(tmp_path: Path) -> None:
+    """Accuracy's optional second top holds one accuracy per class: reported values are the first tops."""
+    from agegender.prototxt import parse_text
+    from agegender.training.trainable import accuracy_tops, build_net
+
+    from .training_nets import TINY_TRAIN_VAL
+
+    text = TINY_TRAIN_VAL.format(train="t", val="v").replace('top: "accuracy" include',
+                                                              'top: "accuracy" top: "per_class" include')
+    net = build_net(parse_text(text, "NetParameter"), tmp_path / "train_val.prototxt", phase="TEST")
+    assert net.blob_shapes["per_class"] == (2,)
+    assert accuracy_tops(net) == ["accuracy"]

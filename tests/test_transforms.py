@@ -6,6 +6,7 @@ element against an independent per-sample numpy implementation of data_transform
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -335,3 +336,104 @@ def test_from_model_card_preprocessing(tmp_path: Path) -> None:
     np.testing.assert_array_equal(from_dict(images), transform(images))
     expected = images[:, :, 14:241, 14:241].astype(np.float32) - np.float32(card.mean_values)[:, None, None]
     np.testing.assert_array_equal(transform(images), expected)
+
+
+# --- decoded images (encoded Datums, ImageData): Caffe's Transform(cv::Mat) ------------------------------
+def test_decoded_images_with_a_mean_file_take_the_mean_unmirrored(caplog: pytest.LogCaptureFixture) -> None:
+    """The Caffe checked against (SSD-derived data_transformer.cpp) transforms a cv::Mat with
+    ``mean_index = (c * H + h_off + h) * W + w_off + w_idx`` where ``w_idx`` is the *output* column: a
+    mirrored image gets the mean unmirrored (with no crop: with one it aborts, BVLC's does not)."""
+    rng = np.random.default_rng(21)
+    images = rng.integers(0, 256, (6, 3, 12, 10), dtype=np.uint8)
+    mean = (rng.random((3, 12, 10)) * 255).astype(np.float32)
+    scale = 0.3
+    transform = CaffeTransform.from_values(0, True, scale, mean_file=MeanImage(mean, per_channel=False),
+                                           phase="TRAIN")
+    params = transform.sample_params(6, 12, 10, np.random.default_rng(2))
+    assert params.mirror.any() and not params.mirror.all()
+    expected = np.empty((6, 3, 12, 10), np.float32)
+    for n, flip in enumerate(params.mirror):  # the cv::Mat loop, one pixel at a time
+        for w in range(10):
+            out_w = 9 - w if flip else w
+            expected[n, :, :, out_w] = (images[n, :, :, w].astype(np.float32) - mean[:, :, out_w]) * np.float32(scale)
+    out = transform.apply(images, params, from_mat=True)
+    np.testing.assert_array_equal(out, expected)
+    np.testing.assert_array_equal(transform.apply(torch.from_numpy(images), params, from_mat=True).numpy(), expected)
+    np.testing.assert_array_equal(transform.apply(images[:1], params.take([0]), from_mat=True), expected[:1])
+    flipped = params.mirror.nonzero()[0][0]  # a raw Datum mirrors the mean with the pixels: other values
+    assert not np.array_equal(transform.apply(images, params)[flipped], expected[flipped])
+    # mean values and no mean: the same as for raw Datums
+    for other in (CaffeTransform.from_values(0, True, scale, mean_value=[1, 2, 3], phase="TRAIN"),
+                  CaffeTransform(mirror=True, phase="TRAIN")):
+        np.testing.assert_array_equal(other.apply(images, params, from_mat=True), other.apply(images, params))
+    # a crop with a mean file: that fork aborts on CHECK_EQ(cv_cropped_image.rows, data_mean_.height());
+    # BVLC's Transform(cv::Mat) takes the mean at the source pixel, as for raw Datums: ours does that, warning
+    cropped = CaffeTransform.from_values(8, True, scale, mean_file=MeanImage(mean, per_channel=False),
+                                         phase="TRAIN")
+    params = cropped.sample_params(6, 12, 10, np.random.default_rng(3))
+    assert params.mirror.any() and (params.h_off != params.h_off[0]).any()
+    with caplog.at_level(logging.WARNING, logger="agegender.folds.transforms"):
+        np.testing.assert_array_equal(cropped.apply(images, params, from_mat=True), cropped.apply(images, params))
+        cropped.apply(images, params, from_mat=True)
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "SSD-derived" in caplog.records[0].getMessage()
+    CaffeTransform.from_values(8, mean_value=[1, 2, 3])(images, from_mat=True)
+
+
+def test_lmdb_dataset_transforms_encoded_records_as_decoded_images(tmp_path: Path) -> None:
+    import cv2
+
+    from agegender.folds import LMDBDataset
+    from agegender.prototxt import Message, encode_message
+
+    import lmdb
+
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (8, 6, 3), dtype=np.uint8)
+    mean = (rng.random((3, 8, 6)) * 255).astype(np.float32)
+    env = lmdb.open(str(tmp_path / "enc"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        txn.put(b"00000000_a.png", encode_message(Message("Datum", data=cv2.imencode(".png", image)[1].tobytes(),
+                                                          label=3, encoded=True)))
+        raw = Message("Datum", channels=3, height=8, width=6, data=image.transpose(2, 0, 1).tobytes(), label=4)
+        txn.put(b"00000001_a.png", encode_message(raw))
+    env.close()
+    transform = CaffeTransform.from_values(mirror=True, mean_file=MeanImage(mean, per_channel=False))
+    dataset = LMDBDataset(tmp_path / "enc", transform)
+    chw = image.transpose(2, 0, 1).astype(np.float32)
+    mirrored = set()
+    for seed in range(8):  # each item is mirrored or not at random
+        dataset.set_epoch(seed)
+        encoded, label = dataset[0]
+        raw_item, _ = dataset[1]
+        assert label == 3 and dataset.encoded
+        assert any(np.array_equal(encoded.numpy(), x) for x in (chw - mean, chw[..., ::-1] - mean))
+        assert any(np.array_equal(raw_item.numpy(), x) for x in (chw - mean, (chw - mean)[..., ::-1]))
+        mirrored.add(bool(np.array_equal(encoded.numpy(), chw[..., ::-1] - mean)))
+    assert mirrored == {False, True}
+
+
+def test_a_three_axis_mean_blob_is_what_caffes_transformer_refuses(tmp_path: Path) -> None:
+    """Blob::channels()/height()/width() are the legacy axes 1..3: a 3 x 8 x 8 BlobShape (pycaffe's
+    array_to_blobproto of a 3-D array) reads as 8 x 8 x 1 and fails CHECK_EQ(datum_channels, channels)."""
+    values = np.random.default_rng(0).random((3, 8, 8)).astype(np.float32)
+    write_blobproto(values, tmp_path / "chw.binaryproto", legacy_4d=False)
+    write_blobproto(values, tmp_path / "nchw.binaryproto")
+    images = np.zeros((2, 3, 8, 8), np.uint8)
+    mean = MeanImage.from_binaryproto(tmp_path / "chw.binaryproto")
+    assert mean.blob_shape == (3, 8, 8) and mean.caffe_chw() == (8, 8, 1)
+    with pytest.raises(MeanFileError, match="8 x 8 x 1"):
+        CaffeTransform.from_values(4, mean_file=tmp_path / "chw.binaryproto")(images)
+    out = CaffeTransform.from_values(4, mean_file=tmp_path / "nchw.binaryproto")(images)
+    np.testing.assert_array_equal(out, -values[None, :, 2:6, 2:6].repeat(2, axis=0))
+
+
+def test_float_data_and_one_channel_images_through_the_transform() -> None:
+    rng = np.random.default_rng(8)
+    floats = rng.normal(0, 50, (2, 1, 9, 9)).astype(np.float32)  # float_data Datums: floats, not bytes
+    one = CaffeTransform.from_values(5, scale=0.5, mean_value=[7.25])
+    np.testing.assert_array_equal(one(floats), (floats[..., 2:7, 2:7] - np.float32(7.25)) * np.float32(0.5))
+    with pytest.raises(MeanFileError, match="3 mean values for 1-channel"):
+        CaffeTransform.from_values(5, mean_value=[1, 2, 3])(floats)
+    with pytest.raises(MeanFileError, match="does not match"):
+        CaffeTransform.from_values(5, mean_file=MeanImage(np.zeros((3, 9, 9), np.float32), per_channel=False))(floats)

@@ -78,7 +78,7 @@ from torch import nn
 from .. import __version__
 from .._atomic import atomic_write
 from ..errors import AgegenderError, ParityError, UnsupportedLayerError
-from .converters.vision import CaffePooling, LRNWithinChannel, caffe_pooled_size
+from .converters.vision import FLT_MIN, CaffePooling, LRNWithinChannel, caffe_pooled_size
 from .net import CaffeNet, eval_mode
 from .parity import ParityReport, _argmax_equal, _blob_parity, _report, seeded_inputs
 
@@ -108,7 +108,8 @@ class PoolPlan:
     ``kind``: ``"floor"`` (a plain pool with symmetric padding, floor rounding), ``"ceil"`` (MAX with
     ``ceil_mode``: its windows equal Caffe's) or ``"explicit"`` (pad to exactly Caffe's windows, pool
     without padding, then for AVE multiply by ``correction``: kernel area / Caffe's divisor; for
-    STOCHASTIC divide the window sums of x^2 and x). ``pads`` are (left, right, top, bottom), F.pad's order.
+    STOCHASTIC divide the window sum of x^2 by FLT_MIN + the window sum of x). ``pads`` are (left, right,
+    top, bottom), F.pad's order.
     """
 
     method: str
@@ -206,10 +207,12 @@ class OnnxPooling(nn.Module):
             out = F.max_pool2d(F.pad(x, list(plan.pads), value=torch.finfo(x.dtype).min), plan.kernel, plan.stride)
         elif plan.method == "AVE":
             out = F.avg_pool2d(F.pad(x, list(plan.pads)), plan.kernel, plan.stride)
-        else:  # STOCHASTIC at test time: sum(x^2) / sum(x) over the window (the kernel area cancels)
+        else:  # STOCHASTIC at test time: sum(x^2) / (FLT_MIN + sum(x)) over the window, as Caffe's GPU kernel
             padded = F.pad(x, list(plan.pads))
-            out = (F.avg_pool2d(padded * padded, plan.kernel, plan.stride)
-                   / F.avg_pool2d(padded, plan.kernel, plan.stride))
+            area = float(plan.kernel[0] * plan.kernel[1])
+            tiny = torch.finfo(x.dtype).tiny if x.dtype == torch.float16 else FLT_MIN  # FLT_MIN is 0 in fp16
+            out = (F.avg_pool2d(padded * padded, plan.kernel, plan.stride) * area
+                   / (F.avg_pool2d(padded, plan.kernel, plan.stride) * area + tiny))
         if plan.crop:
             out = out[..., :oh, :ow]
         if self.correction is not None:

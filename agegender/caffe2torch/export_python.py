@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import io
 import keyword
+import math
 import re
 import textwrap
 import time
@@ -94,7 +95,7 @@ class CaffePaddedPool(nn.Module):
     """Caffe pooling where PyTorch's own pooling would give other windows: the input is padded to exactly
     Caffe's windows (MAX with the lowest float: Caffe ignores padding; AVE with zeros, each window then
     divided by its size clipped to the padded input, as Caffe does; STOCHASTIC at test time is
-    sum(x^2) / sum(x) over the window)."""
+    sum(x^2) / (FLT_MIN + sum(x)) over the window, 0 for a window of zeros)."""
 
     def __init__(self, method, kernel, stride, pads, out_size, rows=None, cols=None):
         super().__init__()
@@ -117,7 +118,8 @@ class CaffePaddedPool(nn.Module):
             return F.max_pool2d(x, self.kernel, self.stride)[..., :oh, :ow]
         if self.method == "AVE":
             return self._window_sum(x)[..., :oh, :ow] / self.divisor.to(x.dtype)
-        return self._window_sum(x * x)[..., :oh, :ow] / self._window_sum(x)[..., :oh, :ow]
+        flt_min = torch.finfo(torch.float32).tiny
+        return self._window_sum(x * x)[..., :oh, :ow] / (self._window_sum(x)[..., :oh, :ow] + flt_min)
 ''',
     "LRNWithinChannel": '''
 class LRNWithinChannel(nn.Module):
@@ -216,6 +218,12 @@ def _float(value: float) -> str:
     return repr(float(value))
 
 
+def _number(value: float) -> str:
+    """A float literal for generated code, inf and NaN included (``repr`` gives the bare names)."""
+    value = float(value)
+    return repr(value) if math.isfinite(value) else f"float({str(value)!r})"
+
+
 def _emit(info: LayerInfo, module: nn.Module, net: CaffeNet) -> _Emitted:
     """The code of one layer; :class:`UnsupportedLayerError` for types the Python export does not write."""
     params = {name: t.detach().cpu().clone().contiguous() for name, t in module.named_parameters(recurse=False)}
@@ -290,8 +298,8 @@ def _emit(info: LayerInfo, module: nn.Module, net: CaffeNet) -> _Emitted:
     if isinstance(module, PReLU):
         return _Emitted(f"nn.PReLU({module.weight.numel()})", "self.{attr}({0})", {"weight": params["weight"]})
     if isinstance(module, Exp):
-        expr = "torch.exp({0})" if module.inner_scale == 1.0 else "torch.exp({0} * %r)" % module.inner_scale
-        return _Emitted(None, expr if module.outer_scale == 1.0 else "%s * %r" % (expr, module.outer_scale))
+        expr = "torch.exp({0})" if module.inner_scale == 1.0 else "torch.exp({0} * %s)" % _number(module.inner_scale)
+        return _Emitted(None, expr if module.outer_scale == 1.0 else "%s * %s" % (expr, _number(module.outer_scale)))
     if isinstance(module, Neuron) and module.name == "AbsVal":
         return _Emitted(None, "torch.abs({0})")
     if isinstance(module, Concat):

@@ -35,6 +35,39 @@ class LayerInfo:
     line: int | None
 
 
+def check_in_place(ir: NetIR) -> None:
+    """Refuse the in-place uses Caffe's Net::Init refuses ("Top blob '...' produced by multiple sources"):
+
+    * a top is computed in place only when it is named like the bottom *at its own index*; a top named
+      like another bottom is a second producer of that blob;
+    * an in-place layer whose bottom is read by another layer too: InsertSplits gives every reader of a
+      blob read more than once its own split copy, so the in-place top no longer names its bottom.
+    """
+    readers: dict[tuple[int, int], int] = {}  # (producing layer, top index) -> layers reading that value
+    source: dict[str, tuple[int, int]] = {}
+    bottom_sources: list[list[tuple[int, int] | None]] = []
+    for i, layer in enumerate(ir.layers):
+        bottom_sources.append([source.get(b) for b in layer.bottoms])
+        for key in bottom_sources[-1]:
+            if key is not None:
+                readers[key] = readers.get(key, 0) + 1
+        for j, top in enumerate(layer.tops):
+            source[top] = (i, j)
+    for i, layer in enumerate(ir.layers):
+        for j, top in enumerate(layer.tops):
+            if top not in layer.bottoms:
+                continue
+            if j >= len(layer.bottoms) or layer.bottoms[j] != top:
+                raise layer.error(f"top {j} '{top}' is bottom {layer.bottoms.index(top)}: Caffe computes in place "
+                                  f"only a top named like the bottom at its own index (top blob '{top}' produced by "
+                                  "multiple sources)")
+            key = bottom_sources[i][j]
+            if key is not None and readers.get(key, 0) > 1:
+                raise layer.error(f"computes '{top}' in place, but other layers read '{top}' too: Caffe splits a "
+                                  f"blob read by several layers, and then refuses this (top blob '{top}' produced "
+                                  "by multiple sources)", hint="give the layer a top of its own")
+
+
 def _module_key(name: str, taken: set[str], net: nn.Module) -> str:
     """Caffe's layer name as a submodule name: '.' is not allowed by torch, so it becomes '_'."""
     key = name.replace(".", "_") or "layer"
@@ -64,6 +97,7 @@ class CaffeNet(nn.Module):
         self.layer_info: list[LayerInfo] = []
         self._plan: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
         taken: set[str] = set()
+        check_in_place(ir)
         for layer in ir.layers:
             bottom_shapes = [shapes[b] for b in layer.bottoms]
             for b, s in zip(layer.bottoms, bottom_shapes):
@@ -222,4 +256,4 @@ def build_net(ir: NetIR, input_shapes: Mapping[str, Sequence[int]] | None = None
     return CaffeNet(ir, input_shapes)
 
 
-__all__ = ["CaffeNet", "LayerInfo", "LayerIR", "build_net", "eval_mode"]
+__all__ = ["CaffeNet", "LayerInfo", "LayerIR", "build_net", "check_in_place", "eval_mode"]

@@ -146,6 +146,7 @@ def build_fold(
     progress: BuildProgress | None = None,
     *,
     folds: str | Path | AdienceFolds | None = None,
+    gray: bool = False,
 ) -> FoldBuildReport:
     """Write fold ``fold``'s ``{target}_{train,val,test}_lmdb`` and its ``mean.binaryproto`` under
     ``out_dir`` (layout: :func:`fold_layout`), from the images under ``adience_root``.
@@ -154,7 +155,7 @@ def build_fold(
     ID.NAME.jpg``; for ``mixed`` also ``USER/coarse_tilt_aligned_face...``). The lists are read with
     :class:`AdienceFolds` from ``folds`` (default: ``$AGEGENDER_ZOO``). Images are resized to ``resize``
     (an int for a square, ``(height, width)``, or None to keep their size) and stored raw, or as image
-    files with ``encoded``.
+    files with ``encoded``; ``gray`` reads them as one grey channel (``convert_imageset --gray``).
 
     Missing images are found before anything is written. ``on_missing="fail"`` raises
     MissingFileError with their count and the first few; ``"skip"`` leaves them out (and images that
@@ -184,13 +185,13 @@ def build_fold(
     for split in BUILT_SPLITS:
         out = layout.lmdb(target, split)
         if split not in todo:
-            results[split] = _kept(out, size, encoded, len(lists[split]) if on_missing == "fail" else None)
+            results[split] = _kept(out, size, encoded, len(lists[split]) if on_missing == "fail" else None, gray)
             continue
         entries = lists[split]
         if not reports[split].ok:
             log.warning("%s %s: %s; skipping them", label, split, reports[split].describe())
             entries = entries.select(_present_mask(entries, root))
-        results[split] = _write(out, entries, root, size, encoded, on_missing, progress, reports[split])
+        results[split] = _write(out, entries, root, size, encoded, on_missing, progress, reports[split], gray=gray)
 
     mean_status: Literal["computed", "kept"]
     if layout.mean_file.exists():
@@ -218,13 +219,17 @@ def build_from_list(
     seed: int = 0,
     overwrite: bool = False,
     progress: BuildProgress | None = None,
+    gray: bool = False,
+    encode_type: str | None = None,
 ) -> LMDBBuildResult:
     """Write the images of a ``path label`` list file (paths relative to ``images_root``) into the LMDB
     ``out``, as ``convert_imageset`` does (see :func:`~agegender.folds.lmdb_io.write_datum_lmdb`).
 
     ``resize`` is an int (square), ``(height, width)`` or None; ``shuffle`` permutes the records with
-    ``seed``. Missing images fail (listed, with a count) or, with ``on_missing="skip"``, are left out
-    together with files OpenCV cannot decode. An existing ``out`` is refused unless ``overwrite``; an
+    ``seed``; ``gray`` and ``encode_type`` are convert_imageset's ``--gray`` and ``--encode_type`` (which
+    implies ``encoded``). Keys are numbered by the list file's lines, as convert_imageset's. Missing
+    images fail (listed, with a count) or, with ``on_missing="skip"``, are left out together with files
+    OpenCV cannot decode (their key numbers stay unused, as in Caffe). An existing ``out`` is refused unless ``overwrite``; an
     interrupted write of the same list and settings resumes.
     """
     _check_on_missing(on_missing)
@@ -244,12 +249,13 @@ def build_from_list(
     if out.exists() and not overwrite:
         raise AgegenderError("the output already exists", path=out, hint="remove it, or pass --overwrite")
     return _write(out, entries, root, size, encoded, on_missing, progress, report, shuffle=shuffle, seed=seed,
-                  overwrite=overwrite)
+                  overwrite=overwrite, gray=gray, encode_type=encode_type)
 
 
 def _write(out: Path, entries: ImageList, root: Path, size: tuple[int, int] | None, encoded: bool,
            on_missing: OnMissing, progress: BuildProgress | None, missing: MissingImagesReport,
-           shuffle: bool = False, seed: int = 0, overwrite: bool = False) -> LMDBBuildResult:
+           shuffle: bool = False, seed: int = 0, overwrite: bool = False, gray: bool = False,
+           encode_type: str | None = None) -> LMDBBuildResult:
     if len(entries) == 0:
         raise MissingFileError(f"no image of the list is left to write to {out.name}", path=entries.source)
     stage = out.name
@@ -258,6 +264,7 @@ def _write(out: Path, entries: ImageList, root: Path, size: tuple[int, int] | No
     try:
         report = write_datum_lmdb(
             out, entries, size, encoded, shuffle, seed, root=root, skip_unreadable=on_missing == "skip",
+            gray=gray, encode_type=encode_type,
             overwrite=overwrite, progress=(lambda done, total: progress(stage, done, total)) if progress else None,
         )
     except FileFormatError as exc:
@@ -274,15 +281,18 @@ def _write(out: Path, entries: ImageList, root: Path, size: tuple[int, int] | No
                            None if missing.ok else missing, tuple(report.unreadable))
 
 
-def _kept(out: Path, size: tuple[int, int] | None, encoded: bool, expected: int | None) -> LMDBBuildResult:
+def _kept(out: Path, size: tuple[int, int] | None, encoded: bool, expected: int | None,
+          gray: bool = False) -> LMDBBuildResult:
     """A finished LMDB from an earlier run, checked against this run's settings."""
     with DatumLMDB(out) as db:
         count = len(db)
         if count == 0:
             raise FileFormatError("the LMDB is empty", path=out, hint="delete it to rebuild it")
         was_encoded = bool(db.datum(0).encoded)
-        height, width = db[0].image.shape[1:]
+        channels, height, width = db[0].image.shape
     problems = []
+    if not was_encoded and (channels == 1) != gray:
+        problems.append(f"{channels}-channel images")
     if was_encoded != encoded:
         problems.append("encoded images" if was_encoded else "raw images")
     if size is not None and (height, width) != size:

@@ -54,9 +54,9 @@ def _item_generator(transform: CaffeTransform | None, seed: int, epoch: int, ind
 
 
 def _to_item(image: np.ndarray, label: int, transform: CaffeTransform | None,
-             generator: np.random.Generator | None) -> tuple[torch.Tensor, int]:
+             generator: np.random.Generator | None, from_mat: bool = False) -> tuple[torch.Tensor, int]:
     if transform is not None:
-        image = transform(image, generator)
+        image = transform(image, generator, from_mat=from_mat)
     return torch.from_numpy(np.ascontiguousarray(image)), int(label)
 
 
@@ -66,7 +66,9 @@ class LMDBDataset(Dataset):
     With a ``transform``, ``image`` is its float32 C x h x w output; without, the stored C x H x W image
     (uint8, or float32 for ``float_data`` Datums), for :func:`collate` / :class:`TransformCollate` or a
     device-side transform. Encoded Datums are decoded as the transform's ``decode`` says (Caffe's
-    ``force_color``/``force_gray``) unless ``decode`` is given.
+    ``force_color``/``force_gray``) unless ``decode`` is given, and transformed as Caffe transforms a
+    decoded ``cv::Mat`` (``from_mat``: with a mean file, no crop and an unmirrored mean; see
+    :class:`~agegender.folds.transforms.CaffeTransform`).
 
     The dataset can be used by ``DataLoader`` workers (fork or spawn): each process opens the LMDB
     read-only itself.
@@ -93,8 +95,14 @@ class LMDBDataset(Dataset):
         if not -len(self) <= index < len(self):
             raise IndexError(f"item {index} out of range: the LMDB holds {len(self)}")
         position = int(index) % len(self)
-        _, image, label = self.db[position]
-        return _to_item(image, label, self.transform, _item_generator(self.transform, self.seed, self.epoch, position))
+        (_, image, label), encoded = self.db.record(position)
+        return _to_item(image, label, self.transform, _item_generator(self.transform, self.seed, self.epoch, position),
+                        from_mat=encoded)
+
+    @property
+    def encoded(self) -> bool:
+        """Whether the first record is an encoded Datum (then give ``TransformCollate(..., from_mat=True)``)."""
+        return len(self.db) > 0 and bool(self.db.datum(0).encoded)
 
     @property
     def labels(self) -> np.ndarray:
@@ -110,21 +118,33 @@ class ImageListDataset(Dataset):
     """The images of a ``relative/path label`` list under ``root``, as ``(image, label)`` items.
 
     Each image is read as ``convert_imageset`` reads it (``cv::imread`` BGR, then ``cv::resize`` to
-    ``resize = (height, width)`` with INTER_LINEAR; ``resize=None`` keeps the size), made C x H x W and
-    given to ``transform`` (float32 output) or returned as uint8 without one. Missing images are found
-    when the dataset is made: ``on_missing="fail"`` raises :class:`MissingFileError` with their count
-    and the first of them, ``"skip"`` leaves them out with a warning (see :meth:`ImageList.require_images`).
+    ``resize = (height, width)`` with INTER_LINEAR; ``resize=None`` keeps the size; ``gray`` reads one
+    grey channel, as ``--gray``), made C x H x W and given to ``transform`` (float32 output) or returned
+    as uint8 without one. Missing images are found when the dataset is made: ``on_missing="fail"``
+    raises :class:`MissingFileError` with their count and the first of them, ``"skip"`` leaves them out
+    with a warning (see :meth:`ImageList.require_images`).
+
+    ``layer`` says which Caffe input is reproduced: ``"Data"`` (default), the raw LMDB convert_imageset
+    writes read by a Data layer; ``"ImageData"``, an ImageData layer reading the list itself
+    (``new_height``/``new_width`` = ``resize``, ``is_color`` = not ``gray``), whose decoded images Caffe
+    transforms as ``cv::Mat`` (``from_mat``; this differs with a mean file, see
+    :class:`~agegender.folds.transforms.CaffeTransform`).
     """
 
     def __init__(self, image_list: ImageList | str | Path, root: str | Path,
                  transform: CaffeTransform | None = None, *, resize: tuple[int, int] | None = (256, 256),
-                 on_missing: OnMissing = "fail", seed: int = 0) -> None:
+                 on_missing: OnMissing = "fail", seed: int = 0, gray: bool = False,
+                 layer: str = "Data") -> None:
+        if layer not in ("Data", "ImageData"):
+            raise AgegenderError(f"layer must be 'Data' or 'ImageData', not {layer!r}")
         images = image_list if isinstance(image_list, ImageList) else ImageList.read(image_list)
         self.root = Path(root)
         self.list = images.require_images(self.root, on_missing)
         self.skipped = len(images) - len(self.list)
         self.transform = transform
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+        self.gray = bool(gray)
+        self.layer = layer
         self.seed = int(seed)
         self.epoch = 0
 
@@ -139,7 +159,7 @@ class ImageListDataset(Dataset):
         """Image ``index`` as stored by ``convert_imageset``: C x H x W uint8 BGR, resized."""
         entry = self.list[index]
         try:
-            image = load_image_bgr(self.root / entry.path)
+            image = load_image_bgr(self.root / entry.path, is_color=not self.gray)
         except AgegenderError as exc:
             where = f" (line {entry.line} of {self.list.source})" if entry.line and self.list.source else ""
             raise type(exc)(exc.message + where, path=exc.path, hint=exc.hint) from None
@@ -153,7 +173,8 @@ class ImageListDataset(Dataset):
         position = int(index) % len(self)
         image = self.load(position)
         label = int(self.list.labels[position])
-        return _to_item(image, label, self.transform, _item_generator(self.transform, self.seed, self.epoch, position))
+        return _to_item(image, label, self.transform, _item_generator(self.transform, self.seed, self.epoch, position),
+                        from_mat=self.layer == "ImageData")
 
     def __repr__(self) -> str:
         return f"ImageListDataset({len(self)} images under {str(self.root)!r}, {self.transform!r})"
@@ -182,11 +203,14 @@ class TransformCollate:
 
     Random choices come from a generator seeded with ``(seed, worker seed)``; a DataLoader gives each
     worker the seed ``base_seed + worker_id``, so seed the loader (``generator=``) for reproducible runs.
+    ``from_mat``: the items are decoded images (an LMDB of encoded Datums, an ImageData list), which
+    Caffe transforms as ``cv::Mat`` (see :class:`~agegender.folds.transforms.CaffeTransform`).
     """
 
-    def __init__(self, transform: CaffeTransform, seed: int = 0) -> None:
+    def __init__(self, transform: CaffeTransform, seed: int = 0, *, from_mat: bool = False) -> None:
         self.transform = transform
         self.seed = int(seed)
+        self.from_mat = bool(from_mat)
         self._rng: np.random.Generator | None = None
         self._pid = -1
 
@@ -200,13 +224,13 @@ class TransformCollate:
 
     def __call__(self, batch: Sequence[tuple[Any, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels = collate(batch)
-        return torch.from_numpy(self.transform(images.numpy(), self._generator())), labels
+        return torch.from_numpy(self.transform(images.numpy(), self._generator(), from_mat=self.from_mat)), labels
 
     def __getstate__(self) -> dict:
-        return {"transform": self.transform, "seed": self.seed}
+        return {"transform": self.transform, "seed": self.seed, "from_mat": self.from_mat}
 
     def __setstate__(self, state: dict) -> None:
-        self.__init__(state["transform"], state["seed"])  # type: ignore[misc]
+        self.__init__(state["transform"], state["seed"], from_mat=state.get("from_mat", False))  # type: ignore[misc]
 
 
 # --- device-resident ----------------------------------------------------------------------------------
@@ -322,10 +346,13 @@ class GPUResidentDataset:
         """C x H x W of the stored images."""
         return tuple(int(d) for d in self.images.shape[1:])  # type: ignore[return-value]
 
-    def batch(self, indices: Sequence[int] | np.ndarray, params: CropParams | None = None,
+    def batch(self, indices: Sequence[int] | np.ndarray | torch.Tensor, params: CropParams | None = None,
               generator: RandomSource = None) -> ResidentBatch:
         """The samples at ``indices``, transformed on the device with ``params`` (offsets and mirror
-        flags; drawn from ``generator`` by the transform's rules when not given)."""
+        flags; drawn from ``generator`` by the transform's rules when not given). ``indices`` may be a tensor
+        on any device (a GPU one is read back first: one synchronisation)."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.detach().cpu().numpy()
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= len(self)):
             raise IndexError(f"sample indices out of range: the dataset holds {len(self)}")

@@ -1,7 +1,11 @@
 """Image list files: one ``relative/path label`` a line, as Caffe's ``convert_imageset`` and ImageData read them.
 
 The path is everything before the last whitespace-separated token (so paths with spaces work, as in
-Caffe, which splits at the last space); the last token is the integer label. Blank lines are ignored.
+Caffe, which splits at the last space); the last token is the integer label. Blank lines hold no entry,
+but keep their number: convert_imageset counts every line in its keys (``line_id``), and the writer
+numbers entries by ``line - 1``. Where Caffe (``find_last_of(' ')``, ``atoi``) would read a path that
+cannot exist or a label of 0 — a tab or trailing spaces before the label, leading spaces, a line without
+label or with a non-integer one — this parser takes the evident path and label or raises, on purpose.
 :class:`ImageList` holds the entries with the line each came from, finds images missing under a root
 folder, and writes lists back (atomically).
 """

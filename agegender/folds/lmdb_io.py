@@ -278,19 +278,27 @@ def _decode_image(data: bytes, flag: int, key: str, path: Path) -> np.ndarray:
         # Caffe's CVMatToDatum / DataTransformer check CV_8U and abort on anything else
         raise CaffemodelError(f"record '{key}': the encoded image has {image.dtype} pixels, Caffe needs 8 bits",
                               path=path)
-    return image[np.newaxis] if image.ndim == 2 else hwc_to_chw(image)
+    return hwc_to_chw(image)
 
 
 def parse_datum(value: bytes, key: str, path: Path, decode: str = "native") -> tuple[np.ndarray, int]:
     """A serialized Datum as ``(image, label)``: C x H x W uint8 for ``data`` and encoded images,
     float32 for ``float_data``. Errors name the record ``key`` and the LMDB ``path``."""
+    image, label, _ = parse_datum_record(value, key, path, decode)
+    return image, label
+
+
+def parse_datum_record(value: bytes, key: str, path: Path, decode: str = "native") -> tuple[np.ndarray, int, bool]:
+    """:func:`parse_datum` and whether the Datum was encoded: Caffe transforms a decoded encoded Datum
+    as a ``cv::Mat`` (``Transform(const cv::Mat&)``), a raw one as a Datum, which differ with a mean file
+    (see :class:`~agegender.folds.transforms.CaffeTransform`)."""
     try:
         datum = decode_message(value, "Datum", str(path))
     except CaffemodelError as exc:
         raise CaffemodelError(f"record '{key}' is not a Datum: {exc.message}", path=path) from None
     label = int(datum.label)
     if datum.encoded:
-        return _decode_image(datum.data, _DECODE_FLAGS[decode], key, path), label
+        return _decode_image(datum.data, _DECODE_FLAGS[decode], key, path), label, True
     channels, height, width = int(datum.channels), int(datum.height), int(datum.width)
     shape_text = f"channels x height x width = {channels} x {height} x {width}"
     if min(channels, height, width) <= 0:
@@ -303,7 +311,7 @@ def parse_datum(value: bytes, key: str, path: Path, decode: str = "native") -> t
                 f"record '{key}': a Datum of the wrong shape: {shape_text} needs {size} bytes but data "
                 f"holds {len(data)}", path=path,
             )
-        return np.frombuffer(data, dtype=np.uint8).reshape(channels, height, width).copy(), label
+        return np.frombuffer(data, dtype=np.uint8).reshape(channels, height, width).copy(), label, False
     if datum.has("float_data"):
         floats = np.asarray(datum.float_data, dtype=np.float32)
         if floats.size != size:
@@ -311,7 +319,7 @@ def parse_datum(value: bytes, key: str, path: Path, decode: str = "native") -> t
                 f"record '{key}': a Datum of the wrong shape: {shape_text} needs {size} values but "
                 f"float_data holds {floats.size}", path=path,
             )
-        return floats.reshape(channels, height, width).copy(), label
+        return floats.reshape(channels, height, width).copy(), label, False
     raise CaffemodelError(f"record '{key}': a Datum with no image data ({shape_text})", path=path)
 
 
@@ -394,10 +402,15 @@ class DatumLMDB:
             raise CaffemodelError(f"record '{key}' is not a Datum: {exc.message}", path=self.path) from None
 
     def __getitem__(self, index: int) -> DatumRecord:
+        return self.record(index)[0]
+
+    def record(self, index: int) -> tuple[DatumRecord, bool]:
+        """Record ``index`` and whether its Datum is encoded (then Caffe transforms it as a decoded
+        ``cv::Mat``: pass ``from_mat=True`` to :class:`~agegender.folds.transforms.CaffeTransform`)."""
         position = self._index(index)
         key = _key_text(self._keys[position])
-        image, label = parse_datum(self.raw_value(position), key, self.path, self.decode)
-        return DatumRecord(key, image, label)
+        image, label, encoded = parse_datum_record(self.raw_value(position), key, self.path, self.decode)
+        return DatumRecord(key, image, label), encoded
 
     def __iter__(self) -> Iterator[DatumRecord]:
         txn = self._transaction()
@@ -456,11 +469,14 @@ class LMDBWriteReport:
     map_size: int  # the LMDB map size at the end (bytes)
 
 
-def _check_items(items: Iterable[tuple[str | Path, int]]) -> list[tuple[str, int]]:
+def _check_items(items: Iterable[tuple[str | Path, int]]) -> list[tuple[str, int, int | None]]:
+    """``(name, label, line)`` of each item; ``line`` is the list-file line of a ListEntry, else None."""
     checked = []
     for index, item in enumerate(items):
+        line = None
         if hasattr(item, "path") and hasattr(item, "label"):  # a ListEntry of folds.lists
             name, label = item.path, item.label
+            line = getattr(item, "line", None)
         else:
             try:
                 name, label = item
@@ -473,33 +489,50 @@ def _check_items(items: Iterable[tuple[str | Path, int]]) -> list[tuple[str, int
             raise AgegenderError(f"item {index} ({name}): the label must be an integer, not {label!r}")
         if not -(1 << 31) <= int(label) < 1 << 31:
             raise AgegenderError(f"item {index} ({name}): the label {label} does not fit Datum's int32")
-        checked.append((name, int(label)))
+        checked.append((name, int(label), None if line is None else int(line)))
     return checked
 
 
+def _key_numbers(records: Sequence[tuple[str, int, int | None]]) -> list[int]:
+    """The numbers convert_imageset puts in the keys: its ``line_id``, the index of the list file's line.
+
+    Every line of the file counts, blank ones and those of images it cannot read included (it skips those
+    and leaves their numbers unused), so entries read from a list file (with their line numbers, in file
+    order) are numbered ``line - 1``; other items by their position."""
+    lines = [line for _, _, line in records]
+    if lines and all(line is not None and line > 0 for line in lines) and all(
+            a < b for a, b in zip(lines, lines[1:])):  # type: ignore[operator]
+        return [line - 1 for line in lines]  # type: ignore[operator]
+    return list(range(len(records)))
+
+
 def _encoding_of(name: str, encode_type: str | None) -> str:
-    """The extension convert_imageset encodes with: ``encode_type``, or the name's own (with its dot)."""
+    """The encoding convert_imageset uses: ``encode_type``, or the one it guesses from the name:
+    what follows the last dot, lower-cased, *without* the dot (``fn.substr(p + 1)``)."""
     if encode_type:
         return encode_type.lower()
     dot = name.rfind(".")
     if dot < 0 or dot == len(name) - 1:
         raise AgegenderError(f"cannot guess the encoding of '{name}' (no extension)",
                              hint="give encode_type, e.g. 'jpg' or 'png'")
-    return name[dot:].lower()
+    return name[dot + 1:].lower()
 
 
-def _keeps_file_bytes(name: str, encoding: str) -> bool:
-    # Caffe's matchExt compares the lower-cased extension *with its dot* to the encoding, so only the
-    # encoding guessed from the name itself ever matches; an explicit encode_type always re-encodes.
-    dot = name.rfind(".")
-    extension = (name[dot:] if dot >= 0 else name).lower()
+def _keeps_file_bytes(file_path: str, encoding: str) -> bool:
+    """Caffe's ``matchExt(root_folder + name, encoding)``: the lower-cased text after the path's last dot
+    (the whole path without one) equals the lower-cased encoding, or the encoding is ``jpg`` and the
+    extension ``jpeg``. The guessed encoding always matches; an explicit ``encode_type`` matches the
+    files of its extension (``jpg`` also ``.jpeg`` files), whose bytes are then stored unchanged too."""
+    dot = file_path.rfind(".")
+    extension = (file_path[dot + 1:] if dot >= 0 else file_path).lower()
+    encoding = encoding.lower()
     return extension == encoding or (encoding == "jpg" and extension == "jpeg")
 
 
 def _imencode(image: np.ndarray, encoding: str, name: str) -> bytes:
     import cv2
 
-    extension = "." + encoding.lstrip(".")  # cv::imencode("." + enc) reads what follows the last dot
+    extension = "." + encoding  # cv::imencode("." + enc): OpenCV reads what follows the last dot
     try:
         ok, buffer = cv2.imencode(extension, image)
     except cv2.error:
@@ -510,43 +543,61 @@ def _imencode(image: np.ndarray, encoding: str, name: str) -> bytes:
     return buffer.tobytes()
 
 
+Shape = tuple[int, int, int]
+
+
 def _datum_value(file: Path, name: str, label: int, resize: tuple[int, int] | None, encoded: bool,
-                 encode_type: str | None) -> bytes:
-    """The serialized Datum ``convert_imageset`` stores for one image (fields in its order)."""
+                 encode_type: str | None, gray: bool = False,
+                 carried: Shape | None = None) -> tuple[bytes, Shape | None]:
+    """The serialized Datum ``convert_imageset`` stores for one image (fields in field-number order, as
+    protobuf writes them), and the channels/height/width its reused Datum carries on to the next image.
+
+    convert_imageset fills one ``Datum`` for all images. Raw images (``CVMatToDatum``) set every field.
+    A re-encoded image (``EncodeCVMatToDatum``: resized, or the encoding not the file's extension) sets
+    ``data``, ``channels``, ``height``, ``width`` (of the encoded image), ``encoded`` and ``label``; a file
+    stored as it is (``ReadFileToDatum``) sets only ``data``, ``label`` and ``encoded``, so it keeps the
+    channels/height/width of the last re-encoded image before it (``carried``)."""
     # ReadImageToDatum decodes the image first, also when it then stores the file's bytes
-    image = load_image_bgr(file)
+    image = load_image_bgr(file, is_color=not gray)
     if resize is not None:
         image = resize_like_convert_imageset(image, resize[0], resize[1])
     datum = Message("Datum")
     if encoded:
         encoding = _encoding_of(name, encode_type)
-        if resize is None and _keeps_file_bytes(name, encoding):
+        if resize is None and _keeps_file_bytes(str(file), encoding):
+            if carried is not None:
+                datum.channels, datum.height, datum.width = carried
             try:
                 datum.data = file.read_bytes()
             except OSError as exc:
                 raise MissingFileError(f"cannot read the image: {exc.strerror}", path=file) from None
         else:
+            carried = (1 if image.ndim == 2 else int(image.shape[2]), int(image.shape[0]), int(image.shape[1]))
+            datum.channels, datum.height, datum.width = carried
             datum.data = _imencode(image, encoding, name)
         datum.label = label
         datum.encoded = True
     else:
-        height, width, channels = image.shape
-        datum.channels, datum.height, datum.width = channels, height, width
-        datum.data = hwc_to_chw(image).tobytes()
+        chw = hwc_to_chw(image)  # a grey (--gray) image is one channel
+        datum.channels, datum.height, datum.width = chw.shape
+        datum.data = chw.tobytes()
         datum.label = label
         datum.encoded = False  # CVMatToDatum sets it: Caffe's records carry the field
-    return encode_message(datum)
+    return encode_message(datum), carried
 
 
 def _settings_fingerprint(records: Sequence[tuple[bytes, str, int]], resize: tuple[int, int] | None,
-                          encoded: bool, encode_type: str | None) -> dict:
+                          encoded: bool, encode_type: str | None, gray: bool = False) -> dict:
     digest = hashlib.sha256()
     for key, _, label in records:
         digest.update(key + b"\0" + str(label).encode() + b"\n")
-    return {
+    settings = {
         "format": 1, "records": len(records), "list_sha256": digest.hexdigest(),
         "resize": list(resize) if resize else None, "encoded": encoded, "encode_type": encode_type,
     }
+    if gray:  # only when set: partial writes of earlier versions (always colour) still resume
+        settings["gray"] = True
+    return settings
 
 
 def _commit(env: Any, batch: list[tuple[bytes, bytes]]) -> None:
@@ -582,6 +633,7 @@ def write_datum_lmdb(
     *,
     root: str | Path = "",
     encode_type: str | None = None,
+    gray: bool = False,
     skip_unreadable: bool = False,
     overwrite: bool = False,
     commit_every: int = COMMIT_EVERY,
@@ -590,15 +642,19 @@ def write_datum_lmdb(
 ) -> LMDBWriteReport:
     """Write ``items`` (``(name, label)`` pairs or the entries of a :class:`~agegender.folds.ImageList`,
     as the lines of a list file) into a Datum LMDB, as
-    ``convert_imageset [--resize_height=H --resize_width=W] [--encoded] [--shuffle] root/ list out`` does.
+    ``convert_imageset [--resize_height=H --resize_width=W] [--gray] [--encoded] [--encode_type=T]
+    [--shuffle] root/ list out`` does.
 
-    Per image (``root / name``): ``cv::imread(IMREAD_COLOR)``, ``cv::resize`` to ``resize = (height,
-    width)`` with INTER_LINEAR, then a raw Datum (3 x H x W BGR bytes) or, with ``encoded``, the file's
-    bytes unchanged, or the (resized) image re-encoded by ``cv::imencode`` when resizing or when an
-    ``encode_type`` is given (Caffe compares the encoding with the extension including its dot, so an
-    explicit ``encode_type`` always re-encodes). Keys are ``%08d_<name>`` with the position in the list
-    after the optional shuffle (seeded here: Caffe's shuffle is not reproducible), commits every
-    ``commit_every`` records, and the map size grows as needed.
+    Per image (``root / name``): ``cv::imread(IMREAD_COLOR)`` (``IMREAD_GRAYSCALE`` with ``gray``),
+    ``cv::resize`` to ``resize = (height, width)`` with INTER_LINEAR, then a raw Datum (C x H x W BGR
+    bytes, C = 3, or 1 with ``gray``) or, with ``encoded``, the file's bytes unchanged when the image is
+    not resized and the encoding matches the file's extension (the encoding guessed from the extension
+    always does; an explicit ``encode_type`` such as ``jpg`` does for ``.jpg``/``.jpeg`` files), else the
+    (resized) image re-encoded by ``cv::imencode`` (see :func:`_datum_value` for the fields each kind
+    sets). Keys are ``%08d_<name>``, the number being convert_imageset's ``line_id``: the list file's line
+    index for entries read from a list file (blank lines count, as Caffe reads every line), otherwise the
+    position; after the optional shuffle (seeded here: Caffe's shuffle is not reproducible) the
+    position. Commits every ``commit_every`` records; the map size grows as needed.
 
     The records go to ``<out>.partial``, renamed to ``out`` once all are committed. Calling again after
     an interruption, with the same items and settings, skips the records already committed there.
@@ -618,15 +674,18 @@ def write_datum_lmdb(
         resize = (height, width)
     if commit_every < 1:
         raise AgegenderError(f"commit_every must be at least 1, not {commit_every}")
-    if encode_type is not None:
-        encode_type = encode_type.lower().lstrip(".")
+    if encode_type:
+        encode_type = encode_type.lower()  # as given otherwise: ".jpg" does not match a .jpg file in Caffe
         _imencode(np.zeros((1, 1, 3), np.uint8), encode_type, "a test image")  # fail before any work
         encoded = True  # as convert_imageset: "encode_type specified, assuming encoded=true"
+    else:
+        encode_type = None  # convert_imageset's default "" guesses from the extension
+    gray = bool(gray)
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(records_in))
-        records_in = [records_in[j] for j in order]
+        records_in = [(records_in[j][0], records_in[j][1], None) for j in order]
     records: list[tuple[bytes, str, int]] = []
-    for position, (name, label) in enumerate(records_in):
+    for position, (name, label, _) in zip(_key_numbers(records_in), records_in):
         key = f"{position:08d}_{name}".encode("utf-8")
         if len(key) > _MAX_KEY_BYTES:
             raise AgegenderError(f"item {position}: the key for '{name}' is {len(key)} bytes, LMDB allows "
@@ -635,11 +694,13 @@ def write_datum_lmdb(
     if out.exists() and not overwrite:
         raise AgegenderError("the output already exists", path=out, hint="remove it, or pass overwrite=True")
     partial = out.with_name(out.name + PARTIAL_SUFFIX)
-    settings = _settings_fingerprint(records, resize, encoded, encode_type)
+    settings = _settings_fingerprint(records, resize, encoded, encode_type, gray)
     root_path = Path(root)
 
     existing = _resume_keys(partial, settings)
     todo = [r for r in records if r[0] not in existing]
+    # the channels/height/width convert_imageset's reused Datum holds when it reaches the first image to do
+    carried = _carried_shape(partial, records, existing) if encoded and existing else None
     if not skip_unreadable:
         for _, name, _ in todo:  # fail fast on a missing file, before the output is started
             file = root_path / name
@@ -656,7 +717,8 @@ def write_datum_lmdb(
             progress(done, total)
         for key, name, label in todo:
             try:
-                value = _datum_value(root_path / name, name, label, resize, encoded, encode_type)
+                value, carried = _datum_value(root_path / name, name, label, resize, encoded, encode_type, gray,
+                                              carried)
             except (MissingFileError, FileFormatError) as exc:
                 if not skip_unreadable:
                     raise
@@ -690,6 +752,24 @@ def write_datum_lmdb(
              len(unreadable))
     return LMDBWriteReport(path=out, written=written, resumed=len(existing), unreadable=unreadable,
                            map_size=map_size)
+
+
+def _carried_shape(partial: Path, records: Sequence[tuple[bytes, str, int]], existing: set[bytes]) -> Shape | None:
+    """The channels/height/width of the last record already committed in ``partial`` (in list order): what
+    convert_imageset's reused Datum holds when it goes on with the next image (see :func:`_datum_value`)."""
+    last = next((key for key, _, _ in reversed(records) if key in existing), None)
+    if last is None:
+        return None
+    env_id, env = _SHARED_ENVS.acquire(partial)
+    try:
+        with env.begin() as txn:
+            value = txn.get(last)
+    finally:
+        _SHARED_ENVS.release(env_id)
+    datum = decode_message(value, "Datum", str(partial))
+    if not datum.has("channels"):
+        return None
+    return int(datum.channels), int(datum.height), int(datum.width)
 
 
 def _resume_keys(partial: Path, settings: dict) -> set[bytes]:
@@ -772,7 +852,12 @@ def compute_image_mean(lmdb_path: str | Path, output: str | Path | None = None, 
                        progress: ProgressCallback | None = None) -> np.ndarray:
     """The per-pixel mean image of a Datum LMDB, 1 x C x H x W float32, as ``compute_image_mean`` does:
     each image added to a float32 sum (encoded images decoded natively), then divided by the count in
-    float32. With ``output``, also written as a ``.binaryproto`` (num/channels/height/width fields)."""
+    float32. With ``output``, also written as a ``.binaryproto`` (num/channels/height/width fields).
+
+    The shape is the first record's. Like Caffe (``CHECK_EQ(size_in_datum, data_size)``) only the number
+    of values of the other records is checked: a record with as many values in another shape (say
+    3 x 40 x 50 after 3 x 50 x 40) is added value by value, in its C x H x W order, with a warning.
+    :func:`printed_mean_values` gives the per-channel values compute_image_mean logs."""
     with DatumLMDB(lmdb_path, decode="native") as db:
         if len(db) == 0:
             raise FileFormatError("the LMDB holds no records: no mean to compute", path=db.path)
@@ -785,11 +870,17 @@ def compute_image_mean(lmdb_path: str | Path, output: str | Path | None = None, 
                 total_sum = np.zeros(image.shape, dtype=np.float32)
                 first_key = key
             elif image.shape != total_sum.shape:
-                raise CaffemodelError(
-                    f"record '{key}' is {' x '.join(map(str, image.shape))} but the first ('{first_key}') is "
-                    f"{' x '.join(map(str, total_sum.shape))}: a mean image needs images of one size",
-                    path=db.path, hint="write the LMDB with a resize",
-                )
+                if image.size != total_sum.size:
+                    raise CaffemodelError(
+                        f"record '{key}' is {' x '.join(map(str, image.shape))} but the first ('{first_key}') is "
+                        f"{' x '.join(map(str, total_sum.shape))}: a mean image needs images of one size "
+                        f"(compute_image_mean: Incorrect data field size {image.size})",
+                        path=db.path, hint="write the LMDB with a resize",
+                    )
+                log.warning("%s: record '%s' is %s but the first ('%s') is %s; added value by value, as "
+                            "compute_image_mean does", db.path, key, " x ".join(map(str, image.shape)), first_key,
+                            " x ".join(map(str, total_sum.shape)))
+                image = image.reshape(total_sum.shape)
             total_sum += image  # float32 accumulation, as Caffe's BlobProto sum
             count += 1
             if progress:
@@ -799,3 +890,19 @@ def compute_image_mean(lmdb_path: str | Path, output: str | Path | None = None, 
     if output is not None:
         write_blobproto(mean, output)
     return mean
+
+
+def printed_mean_values(mean: np.ndarray) -> np.ndarray:
+    """The per-channel means ``compute_image_mean`` logs (``mean_value channel [c]: ...``) for its mean
+    image ``mean`` (1 x C x H x W or C x H x W): each channel's values summed one after the other in
+    float32, then divided by H * W in float32 (float32 C values; not the float64 mean of the channel)."""
+    values = np.asarray(mean, dtype=np.float32)
+    if values.ndim == 4 and values.shape[0] == 1:
+        values = values[0]
+    if values.ndim != 3:
+        raise AgegenderError(f"expected a 1 x C x H x W or C x H x W mean image, got shape {values.shape}")
+    flat = values.reshape(values.shape[0], -1)
+    if flat.shape[1] == 0:
+        return np.zeros(flat.shape[0], dtype=np.float32)
+    sums = np.cumsum(flat, axis=1, dtype=np.float32)[:, -1]  # cumsum adds in order, like Caffe's loop
+    return (sums / np.float32(flat.shape[1])).astype(np.float32)

@@ -23,9 +23,12 @@ class MeanImage:
 
     Build it with :meth:`from_binaryproto` or :meth:`from_values`. ``values`` is float32, C x H x W for
     an image and C x 1 x 1 for per-channel values (a single value applies to every channel, as in Caffe).
+    ``blob_shape`` is the shape the ``.binaryproto`` declared (None when not read from one): Caffe's
+    DataTransformer reads it with the legacy accessors (:meth:`caffe_chw`).
     """
 
-    def __init__(self, values: np.ndarray, *, per_channel: bool, source: str | None = None) -> None:
+    def __init__(self, values: np.ndarray, *, per_channel: bool, source: str | None = None,
+                 blob_shape: tuple[int, ...] | None = None) -> None:
         values = np.array(values, dtype=np.float32)  # our own copy, frozen below
         if values.ndim != 3 or (per_channel and values.shape[1:] != (1, 1)):
             raise ValueError(f"expected C x H x W (or C x 1 x 1 per-channel) values, got shape {values.shape}")
@@ -33,6 +36,7 @@ class MeanImage:
         self.values = values
         self.per_channel = per_channel
         self.source = source
+        self.blob_shape = None if blob_shape is None else tuple(int(d) for d in blob_shape)
 
     # --- construction -----------------------------------------------------------------------------
     @classmethod
@@ -48,7 +52,7 @@ class MeanImage:
                 path=path,
             )
         _check_finite(array, path)
-        return cls(array, per_channel=False, source=str(path))
+        return cls(array, per_channel=False, source=str(path), blob_shape=tuple(shape))
 
     @classmethod
     def from_values(cls, values: Sequence[float]) -> "MeanImage":
@@ -72,6 +76,18 @@ class MeanImage:
     def size(self) -> tuple[int, int] | None:
         """(height, width) of a mean image; None for per-channel values (they fit any size)."""
         return None if self.per_channel else (int(self.values.shape[1]), int(self.values.shape[2]))
+
+    def caffe_chw(self) -> tuple[int, int, int]:
+        """(channels, height, width) as Caffe's DataTransformer sees the mean file's blob: its legacy
+        accessors ``channels()``, ``height()``, ``width()`` are axes 1, 2, 3, an axis the blob lacks counting
+        as 1. A 1 x C x H x W blob (compute_image_mean's) gives C x H x W; a 3-axis C x H x W BlobShape
+        (pycaffe's ``array_to_blobproto`` of a 3-D array) gives H x W x 1, which no image matches.
+        Per-channel values and means not read from a file give their own C x H x W."""
+        shape = self.blob_shape
+        if self.per_channel or shape is None or len(shape) == 4:
+            return tuple(int(d) for d in self.values.shape)  # type: ignore[return-value]
+        legacy = [shape[axis] if axis < len(shape) else 1 for axis in (1, 2, 3)]
+        return legacy[0], legacy[1], legacy[2]
 
     def channel_means(self) -> np.ndarray:
         """The mean of each channel (float64), e.g. to print or to compare with per-channel values."""

@@ -20,6 +20,7 @@ or per-channel mean values, ``scale``, and ten-crop over-sampling.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import sys
@@ -32,15 +33,20 @@ import numpy as np
 from ..errors import AgegenderError, FileFormatError, MeanFileError, MissingFileError, NetDefinitionError
 from .mean import MeanImage
 
+_LOG = logging.getLogger(__name__)
+
 if TYPE_CHECKING:
     import torch
 
     from ..prototxt.message import Message
 
 
-def load_image_bgr(path: str | Path) -> np.ndarray:
-    """Decode an image file as Caffe's ``ReadImageToCVMat`` does (``cv::imread(IMREAD_COLOR)``):
-    H x W x 3 uint8, BGR, grey images expanded to three channels."""
+def load_image_bgr(path: str | Path, *, is_color: bool = True) -> np.ndarray:
+    """Decode an image file as Caffe's ``ReadImageToCVMat`` does: ``cv::imread(IMREAD_COLOR)`` gives
+    H x W x 3 uint8 BGR (grey images expanded to three channels, alpha dropped, 16-bit scaled to 8);
+    with ``is_color=False`` (``convert_imageset --gray``, ImageData's ``is_color: false``)
+    ``cv::imread(IMREAD_GRAYSCALE)`` gives H x W uint8. Both apply the file's EXIF orientation, as
+    OpenCV's imread does for these flags."""
     import cv2
 
     path = Path(path)
@@ -51,7 +57,7 @@ def load_image_bgr(path: str | Path) -> np.ndarray:
     if not os.access(path, os.R_OK):
         raise MissingFileError("image is not readable (permissions)", path=path)
     # imread, not imdecode: it is what Caffe calls (and it applies EXIF orientation the same way)
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE)
     if image is None:
         raise FileFormatError("not an image OpenCV can decode (JPEG, PNG, BMP, ...)", path=path)
     return image
@@ -70,7 +76,10 @@ def resize_like_convert_imageset(image: np.ndarray, height: int = 256, width: in
 
 
 def hwc_to_chw(image: np.ndarray) -> np.ndarray:
-    """H x W x C (OpenCV) to C x H x W (Caffe's Datum and blob layout); also N x H x W x C batches."""
+    """H x W x C (OpenCV) to C x H x W (Caffe's Datum and blob layout); also N x H x W x C batches and
+    one-channel H x W images (OpenCV's grey ``cv::Mat``), which become 1 x H x W as ``CVMatToDatum`` stores them."""
+    if image.ndim == 2:
+        return np.ascontiguousarray(image[np.newaxis])
     if image.ndim == 3:
         return np.ascontiguousarray(image.transpose(2, 0, 1))
     if image.ndim == 4:
@@ -282,6 +291,14 @@ class CaffeTransform:
     with a seeded one). Inputs are C x H x W or N x C x H x W, uint8 or float, numpy arrays or torch
     tensors on any device; outputs are float32 of the same kind and device. ``decode`` is how encoded
     Datums are to be decoded (``force_color`` -> ``"color"``, ``force_gray`` -> ``"gray"``).
+
+    Caffe transforms raw Datums (``Transform(const Datum&)``) and decoded images (``Transform(const
+    cv::Mat&)``: encoded Datums, the ImageData layer) by different code. With a mean image and no crop,
+    the second one (in the Caffe this toolkit is checked against, whose DataTransformer comes from the
+    SSD fork) does not mirror the mean: ``out[c, y, x] = (image[c, y, W - 1 - x] - mean[c, y, x]) * scale``
+    when mirrored. With a crop smaller than the image that fork aborts (it CHECKs the cropped size
+    against the mean's), while BVLC Caffe computes what it does for raw Datums: so do we, with a warning.
+    Pass ``from_mat=True`` to :meth:`__call__` / :meth:`apply` for such images.
     """
 
     crop_size: int = 0
@@ -291,6 +308,7 @@ class CaffeTransform:
     phase: str = "TEST"
     decode: str = "native"
     _device_means: dict = field(default_factory=dict, init=False, repr=False)
+    _warned: set = field(default_factory=set, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.crop_size, bool) or not isinstance(self.crop_size, (int, np.integer)) or self.crop_size < 0:
@@ -463,9 +481,10 @@ class CaffeTransform:
         """C x h x w of one transformed image."""
         return (int(channels), *self.crop_shape(height, width))
 
-    def check_input(self, channels: int, height: int, width: int) -> None:
+    def check_input(self, channels: int, height: int, width: int, *, from_mat: bool = False) -> None:
         """Refuse what Caffe's CHECKs refuse: a crop larger than the images, a mean image of another
-        C x H x W than the images, per-channel mean values neither one nor one per channel."""
+        C x H x W than the images (as Caffe reads the blob: a 3-axis BlobShape is channels x height x 1
+        to it), per-channel mean values neither one nor one per channel."""
         if self.crop_size > min(height, width):
             raise NetDefinitionError(
                 f"crop_size {self.crop_size} is larger than the {height} x {width} images",
@@ -485,6 +504,17 @@ class CaffeTransform:
                 path=self.mean.source,
                 hint="Caffe subtracts a mean image of the stored (uncropped) image size",
             )
+        else:
+            legacy = self.mean.caffe_chw()
+            if legacy != (channels, height, width):
+                raise MeanFileError(
+                    f"the mean file holds a {len(self.mean.blob_shape or ())}-axis blob of shape "
+                    f"{list(self.mean.blob_shape or ())}, which Caffe's DataTransformer reads as channels x height x "
+                    f"width = {' x '.join(map(str, legacy))}: it does not match the {channels} x {height} x {width} "
+                    "images", path=self.mean.source,
+                    hint="write the mean as a 1 x C x H x W blob (num/channels/height/width), as "
+                         "compute_image_mean does",
+                )
 
     # --- random choices ---------------------------------------------------------------------------
     def sample_params(self, count: int, height: int, width: int, generator: RandomSource = None) -> CropParams:
@@ -507,20 +537,23 @@ class CaffeTransform:
         return CropParams(h_off, w_off, mirror)
 
     # --- applying it ------------------------------------------------------------------------------
-    def __call__(self, images: Any, generator: RandomSource = None) -> Any:
+    def __call__(self, images: Any, generator: RandomSource = None, *, from_mat: bool = False) -> Any:
         """Transform one C x H x W image or an N x C x H x W batch, drawing the random choices from
-        ``generator``; float32 numpy array or tensor (on the images' device)."""
+        ``generator``; float32 numpy array or tensor (on the images' device). ``from_mat``: the images
+        are decoded ``cv::Mat`` images (encoded Datums, ImageData), see the class docstring."""
         batch, _ = _as_batch(images)
-        return self.apply(images, self.sample_params(batch.shape[0], batch.shape[2], batch.shape[3], generator))
+        params = self.sample_params(batch.shape[0], batch.shape[2], batch.shape[3], generator)
+        return self.apply(images, params, from_mat=from_mat)
 
-    def apply(self, images: Any, params: CropParams) -> Any:
+    def apply(self, images: Any, params: CropParams, *, from_mat: bool = False) -> Any:
         """Transform with given offsets and mirror flags (e.g. from :meth:`sample_params`)."""
         batch, single = _as_batch(images)
         sample = np.arange(batch.shape[0], dtype=np.int64)
-        out = self._apply(batch, sample, params)
+        out = self._apply(batch, sample, params, from_mat)
         return out[0] if single else out
 
-    def apply_indexed(self, images: Any, indices: Sequence[int] | np.ndarray, params: CropParams) -> Any:
+    def apply_indexed(self, images: Any, indices: Sequence[int] | np.ndarray, params: CropParams, *,
+                      from_mat: bool = False) -> Any:
         """Transform ``images[indices]`` of an N x C x H x W batch (e.g. a device-resident fold) without
         copying the selected images first; ``params`` hold one entry per index."""
         batch, single = _as_batch(images)
@@ -529,7 +562,7 @@ class CaffeTransform:
         sample = np.asarray(indices, dtype=np.int64).reshape(-1)
         if sample.size and (sample.min() < 0 or sample.max() >= batch.shape[0]):
             raise AgegenderError(f"sample indices out of range: the batch holds {batch.shape[0]} images")
-        return self._apply(batch, sample, params)
+        return self._apply(batch, sample, params, from_mat)
 
     def oversample(self, images: Any) -> Any:
         """Caffe's ten-crop over-sampling (pycaffe's ``oversample``): the four corner crops and the
@@ -562,14 +595,26 @@ class CaffeTransform:
         out = out.reshape(count, crops, channels, self.crop_size, self.crop_size)
         return out[0] if single else out
 
-    def _apply(self, batch: Any, sample: np.ndarray, params: CropParams) -> Any:
-        """``out[i] = transform(batch[sample[i]])`` with ``params[i]``."""
+    def _apply(self, batch: Any, sample: np.ndarray, params: CropParams, from_mat: bool = False) -> Any:
+        """``out[i] = transform(batch[sample[i]])`` with ``params[i]``; ``from_mat``: Caffe's cv::Mat path
+        (see the class docstring)."""
         _, channels, height, width = batch.shape
-        self.check_input(channels, height, width)
+        self.check_input(channels, height, width, from_mat=from_mat)
         crop_h, crop_w = self.crop_shape(height, width)
         params = _checked_params(params, sample.shape[0], height - crop_h, width - crop_w)
+        mean_params = params
+        if from_mat and self.mean is not None and not self.mean.per_channel:
+            if (crop_h, crop_w) == (height, width):
+                # the SSD-derived Transform(cv::Mat) takes the mean at the (mirrored) output position
+                mean_params = CropParams(params.h_off, params.w_off, np.zeros_like(params.mirror))
+            elif "mat crop" not in self._warned:
+                # that Transform(cv::Mat) CHECKs the cropped size against the mean's and aborts here;
+                # BVLC's takes the mean at the source pixel, as for raw Datums: do that
+                self._warned.add("mat crop")
+                _LOG.warning("decoded images (encoded Datums, ImageData) cropped with a mean image: "
+                             "BVLC Caffe's arithmetic; SSD-derived Caffe forks abort on this")
         if _is_tensor(batch):
-            return self._apply_torch(batch, sample, params, crop_h, crop_w)
+            return self._apply_torch(batch, sample, params, crop_h, crop_w, mean_params)
         out = np.empty((sample.shape[0], channels, crop_h, crop_w), dtype=np.float32)
         # a few samples at a time: their crops, mean crops and output stay in the CPU cache
         # (about 1.5x faster than whole batches of 64 and more)
@@ -580,7 +625,8 @@ class CaffeTransform:
             window[...] = _gather_windows_numpy(batch, sample[part], chunk.h_off, chunk.w_off, chunk.mirror,
                                                 crop_h, crop_w)
             if self.mean is not None:
-                window -= self._mean_crops_numpy(chunk, crop_h, crop_w)
+                mean_chunk = mean_params.take(np.arange(start, min(start + _NUMPY_CHUNK, sample.shape[0])))
+                window -= self._mean_crops_numpy(mean_chunk, crop_h, crop_w)
             if self.scale != 1.0:
                 window *= np.float32(self.scale)
         return out
@@ -610,8 +656,11 @@ class CaffeTransform:
         return tensor
 
     def _apply_torch(self, batch: "torch.Tensor", sample: np.ndarray, params: CropParams, crop_h: int,
-                     crop_w: int) -> "torch.Tensor":
+                     crop_w: int, mean_params: CropParams | None = None) -> "torch.Tensor":
         import torch
+
+        if mean_params is None:
+            mean_params = params
 
         device = batch.device
         # one small host-to-device copy for all per-sample choices
@@ -623,13 +672,14 @@ class CaffeTransform:
             mean = self._mean_tensor(device)
             if self.mean.per_channel:
                 out.sub_(mean)
-            elif _uniform(params):
-                h, w = int(params.h_off[0]), int(params.w_off[0])
+            elif _uniform(mean_params):
+                h, w = int(mean_params.h_off[0]), int(mean_params.w_off[0])
                 crop = mean[:, h:h + crop_h, w:w + crop_w]
-                out.sub_(crop.flip(-1) if params.mirror[0] else crop)
+                out.sub_(crop.flip(-1) if mean_params.mirror[0] else crop)
             else:
                 zeros = torch.zeros_like(sample_t)
-                out.sub_(_gather_windows_torch(mean[None], zeros, h_off, w_off, mirror, crop_h, crop_w))
+                mean_mirror = mirror if mean_params is params else torch.zeros_like(mirror)
+                out.sub_(_gather_windows_torch(mean[None], zeros, h_off, w_off, mean_mirror, crop_h, crop_w))
         if self.scale != 1.0:
             out.mul_(self.scale)  # the scalar is applied in float32, as Caffe's Dtype scale
         return out

@@ -21,7 +21,8 @@ from .text_format import format_message, parse_text
 from .upgrade import upgrade_net
 from .wire import decode_message, encode_parts
 
-# files larger than this are refused by protobuf-based readers (Caffe, OpenCV); we read them anyway
+# protobuf's CodedInputStream warns past this size; Caffe's ReadProtoFromBinaryFile refuses files past
+# kProtoReadBytesLimit = INT_MAX (2 GiB - 1), a size Caffe cannot write either. We read any size.
 PROTOBUF_LIMIT = 512 * 1024 * 1024
 # text prototxts (nets, solvers) larger than this are refused before they are read
 MAX_TEXT_BYTES = 64 << 20
@@ -88,11 +89,9 @@ def read_text_message(path: str | Path, mtype: str, what: str) -> Message:
             f"expected a text {what}, found {kind}",
             path=path, hint="did you swap the prototxt and the caffemodel?" if mtype == "NetParameter" else None,
         )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise FileFormatError(f"{what} is not valid UTF-8 text", path=path, line=line) from None
+    # protobuf's tokenizer reads bytes: inside strings and comments any are fine (Latin-1 or GBK comments are
+    # common); elsewhere the parser refuses what is not ASCII. Bytes that are not UTF-8 survive as escapes.
+    text = raw.decode("utf-8", "surrogateescape")
     msg = parse_text(text, mtype, path)
     if not any(True for _ in msg.set_fields()):
         raise FileFormatError(f"{what} is empty: it sets no fields ({len(raw)} bytes)", path=path)
@@ -114,11 +113,16 @@ _SOLVER_TYPES = {"SGD": "SGD", "NESTEROV": "Nesterov", "ADAGRAD": "AdaGrad", "RM
 
 
 def read_solver(path: str | Path) -> Message:
-    """Read a solver prototxt. The deprecated ``solver_type`` enum is upgraded to ``type``."""
+    """Read a solver prototxt. The deprecated ``solver_type`` enum is upgraded to ``type`` (Caffe's
+    UpgradeSolverType), which refuses a file giving both, even when they agree."""
     solver = read_text_message(path, "SolverParameter", "solver prototxt")
     if solver.has("solver_type"):
-        if solver.has("type") and solver.type != _SOLVER_TYPES[solver.solver_type]:
-            raise FileFormatError("solver_type and type disagree", path=path)
+        if solver.has("type"):
+            line = (solver.field_pos("type") or (None,))[0]
+            raise FileFormatError(
+                f"both solver_type: {solver.solver_type} (the deprecated enum) and type: \"{solver.type}\" are given; "
+                "Caffe refuses this", path=path, line=line, hint="keep only 'type'",
+            )
         solver.type = _SOLVER_TYPES[solver.solver_type]
         solver.clear("solver_type")
     return solver
@@ -156,28 +160,28 @@ class CaffeWeights:
 
 
 def blob_to_array(blob: Message, where: str, path: str | None) -> tuple[np.ndarray, bool]:
-    """A BlobProto as a numpy array of its declared shape; checks the element count first."""
-    if blob.has("shape"):
-        shape = tuple(int(d) for d in blob.shape.dim)
-        legacy = False
-    elif any(blob.has(f) for f in ("num", "channels", "height", "width")):
-        shape = (int(blob.num), int(blob.channels), int(blob.height), int(blob.width))
+    """A BlobProto as a numpy array of its declared shape; checks the element count first.
+
+    As Caffe's ``Blob::FromProto``: any of the legacy num/channels/height/width fields makes the shape
+    those four (a ``shape`` beside them is not read), else the shape is ``shape``'s dims, none for a
+    scalar; the values are ``double_data`` when it has any, else ``data``.
+    """
+    if any(blob.has(f) for f in ("num", "channels", "height", "width")):
+        shape: tuple[int, ...] = (int(blob.num), int(blob.channels), int(blob.height), int(blob.width))
         legacy = True
     else:
-        shape = None  # type: ignore[assignment]
+        shape = tuple(int(d) for d in blob.shape.dim)
         legacy = False
-    if shape is not None and any(d < 0 for d in shape):
+    if any(d < 0 for d in shape):
         raise CaffemodelError(f"{where}: negative dimension in shape {list(shape)}", path=path)
-    if blob.has("data"):
-        data = blob.data
-    elif blob.has("double_data"):
+    if blob.has("double_data"):
         data = blob.double_data
+    elif blob.has("data"):
+        data = blob.data
     else:
         data = np.zeros(0, np.float32)
     if not isinstance(data, np.ndarray):
         data = np.asarray(data, dtype=np.float32)
-    if shape is None:
-        shape = (data.size,)
     if len(shape) > _MAX_BLOB_AXES:
         raise CaffemodelError(f"{where}: a shape of {len(shape)} axes, more than Caffe's {_MAX_BLOB_AXES} "
                               "(corrupted dimensions?)", path=path)
@@ -223,12 +227,14 @@ def read_caffemodel(path: str | Path) -> CaffeWeights:
     path = _check_file(path, "caffemodel")
     buf = _map_file(path, "caffemodel")
     _check_binary(path, buf, "caffemodel")
-    raw = decode_message(buf, "NetParameter", str(path))
+    notes: list[str] = []
+    raw = decode_message(buf, "NetParameter", str(path), notes)
     fmt = "V1" if raw.has("layers") else "V2"
     net = upgrade_net(raw, str(path))
     if not net.layer:
         raise CaffemodelError(
-            f"caffemodel holds no layers ({len(buf)} bytes): not a caffemodel, or cut short", path=path
+            f"caffemodel holds no layers ({len(buf)} bytes): not a caffemodel, or cut short"
+            + "".join(f"; {note}" for note in notes), path=path
         )
     weights = CaffeWeights(path=str(path), name=raw.name, format=fmt, net=net)
     base = np.frombuffer(buf, dtype=np.uint8).ctypes.data  # address of the map, to locate blob data
@@ -262,7 +268,10 @@ def read_blobproto(path: str | Path) -> np.ndarray:
     path = _check_file(path, "binaryproto")
     buf = _map_file(path, "binaryproto")
     _check_binary(path, buf, "binaryproto")
-    blob = decode_message(buf, "BlobProto", str(path))
+    notes: list[str] = []
+    blob = decode_message(buf, "BlobProto", str(path), notes)
+    if notes and not (blob.has("data") or blob.has("double_data")):
+        raise CaffemodelError(f"binaryproto holds no data ({len(buf)} bytes): not a binaryproto; {notes[0]}", path=path)
     arr, _ = blob_to_array(blob, "BlobProto", str(path))
     if arr.size == 0:
         raise CaffemodelError("binaryproto holds no data", path=path)

@@ -4,6 +4,8 @@
 message (message fields) or an empty list (repeated fields). Enum values are held as their names
 (``"MAX"``). Packed numeric repeated fields read from binary files are numpy arrays (views into the
 file's bytes, no per-element copies); from text they are lists. ``msg.has(name)`` tells presence.
+String fields are ``str``; bytes of them that are not UTF-8 are kept as surrogate escapes
+(:func:`string_bytes` gives the bytes back), as proto2 strings, and so Caffe's files, may hold any.
 Text positions (line, column) are kept for error messages.
 """
 
@@ -14,6 +16,43 @@ from typing import Any, Iterator
 import numpy as np
 
 from .schema import FieldSpec, MessageType, caffe_schema
+
+
+def string_bytes(value: str | bytes) -> bytes:
+    """The bytes of a string field's value. Strings hold the file's bytes as read: bytes that are not UTF-8
+    (protobuf's proto2 strings may hold any, as Caffe's files then do) are kept as surrogate escapes."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    try:
+        return value.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that is no escape (a \ud800 given in Python): as protobuf would
+        return value.encode("utf-8", "surrogatepass")
+
+
+def bytes_string(data: bytes) -> str:
+    """A string field's value from its bytes (the inverse of :func:`string_bytes`)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+def first_missing_required(msg: "Message", path: str) -> "tuple[Message, str, str] | None":
+    """The first proto2 ``required`` field missing in ``msg`` or a message inside it, as (the message
+    lacking it, its path from ``path``, the field's name); None when every required field is there."""
+    mtype = msg.mtype
+    if not mtype.reaches_required:
+        return None
+    values = msg._values
+    for spec in mtype.required:
+        if spec.name not in values:
+            return msg, path, spec.name
+    for spec, value in msg.set_fields():
+        if spec.kind != "message" or spec.message is None or not spec.message.reaches_required:
+            continue
+        children = list(enumerate(value)) if spec.repeated else [(None, value)]
+        for index, child in children:
+            found = first_missing_required(child, f"{path}.{spec.name}" + ("" if index is None else f"[{index}]"))
+            if found:
+                return found
+    return None
 
 
 class Message:

@@ -2,7 +2,7 @@
 
 One description drives every reader and writer: :class:`MessageType` knows each field's name, number,
 type, label, default and enum values. The ``.proto`` file is parsed by a small reader for the proto2
-subset it uses (messages, nested enums, optional/repeated fields, ``default`` and ``packed``).
+subset it uses (messages, nested enums, optional/required/repeated fields, ``default`` and ``packed``).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ class FieldSpec:
     repeated: bool
     default: object = None
     packed: bool = False
+    required: bool = False  # proto2 ``required``: a message lacking it is refused, as protobuf refuses it
     kind: str = "scalar"  # "scalar", "enum" or "message"
     enum: EnumType | None = None
     message: "MessageType | None" = None
@@ -68,10 +69,15 @@ class MessageType:
     fields: dict[str, FieldSpec] = field(default_factory=dict)
     by_number: dict[int, FieldSpec] = field(default_factory=dict)
     enums: dict[str, EnumType] = field(default_factory=dict)
+    required: list[FieldSpec] = field(default_factory=list)
+    # this type or one it (transitively) contains has required fields: only those are walked for them
+    reaches_required: bool = False
 
     def add(self, spec: FieldSpec) -> None:
         self.fields[spec.name] = spec
         self.by_number[spec.number] = spec
+        if spec.required:
+            self.required.append(spec)
 
 
 class Schema:
@@ -132,7 +138,7 @@ class Schema:
                 msg.enums[enum.name] = enum
                 continue
             label, ftype, fname, eq, number = toks[pos : pos + 5]
-            assert label in ("optional", "repeated") and eq == "=", toks[pos : pos + 5]
+            assert label in ("optional", "required", "repeated") and eq == "=", toks[pos : pos + 5]
             pos += 5
             options: dict[str, str] = {}
             if toks[pos] == "[":
@@ -145,7 +151,8 @@ class Schema:
                 pos += 1
             assert toks[pos] == ";"
             pos += 1
-            spec = FieldSpec(fname, int(number), ftype, label == "repeated", packed=options.get("packed") == "true")
+            spec = FieldSpec(fname, int(number), ftype, label == "repeated", packed=options.get("packed") == "true",
+                             required=label == "required")
             msg.add(spec)
             self._pending.append((msg, fname, ftype, label == "repeated", options))
         return pos + 1
@@ -166,6 +173,17 @@ class Schema:
             if "default" in options:
                 spec.default = self._default(spec, options["default"])
         del self._pending
+        for msg in self.messages.values():
+            msg.reaches_required = bool(msg.required)
+        changed = True
+        while changed:  # a fixpoint: the schema's types may refer to each other in any order
+            changed = False
+            for msg in self.messages.values():
+                if not msg.reaches_required and any(
+                    s.kind == "message" and s.message is not None and s.message.reaches_required
+                    for s in msg.fields.values()
+                ):
+                    msg.reaches_required = changed = True
 
     @staticmethod
     def _default(spec: FieldSpec, raw: str) -> object:

@@ -1,5 +1,13 @@
 """Protobuf text format (prototxt) reading and writing, driven by our schema.
 
+The grammar is that of protobuf's C++ ``TextFormat::Parse`` (``io/tokenizer.cc``, ``text_format.cc``),
+which Caffe's ``ReadProtoFromTextFile`` calls: ``#`` comments; a minus sign is a token of its own
+(``- 5`` is -5); integers in decimal, hex (``0x1F``) or octal (``017``, and ``08`` is refused); floats
+with an optional ``f`` suffix, ``inf``/``infinity``/``nan`` in any case; strings in either quote with C,
+``\\u`` and ``\\U`` escapes, adjacent literals joined, any bytes inside; ``{}`` or ``<>`` messages with an
+optional ``:``; list syntax for repeated fields; ``,`` or ``;`` after a field; a singular field given
+twice is refused, as is a message lacking a proto2 ``required`` field.
+
 Errors carry the file, line and column of the offending token: malformed text raises
 :class:`PrototxtSyntaxError`, a field the message type lacks raises :class:`UnknownFieldError` (with the
 closest known name as a hint), as Caffe refuses such files too.
@@ -14,16 +22,16 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from ..errors import PrototxtSyntaxError, UnknownFieldError
-from .message import Message
+from .message import Message, bytes_string, first_missing_required, string_bytes
 from .schema import FLOAT_TYPES, INT_TYPES, FieldSpec, MessageType, caffe_schema
 
 _TOKEN = re.compile(
     r"""
     (?P<ws>[ \t\r\f\v]+|\n)
   | (?P<comment>\#[^\n]*)
-  | (?P<number>[-+]?(?:0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)[fF]?)
-  | (?P<ident>-?[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<symbol>[{}<>:\[\],;])
+  | (?P<number>0[xX][0-9a-fA-F]+|(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?[fF]?)
+  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
+  | (?P<symbol>[{}<>:\[\],;-])
     """,
     re.VERBOSE,
 )
@@ -31,10 +39,17 @@ _TOKEN = re.compile(
 # _string_end, not by _TOKEN: a regex group repeated per character or escape keeps ~100-200 bytes of state
 # per repetition, far more memory than the file for a long string)
 _STRING_STOPS = {'"': re.compile(r'["\\\n]'), "'": re.compile(r"['\\\n]")}
-_NUMBER_TAIL = re.compile(r"[-+]?[\w.]+(?:[eE][-+]?[\w.]*)?")
+_NUMBER_TAIL = re.compile(r"[\w.]+(?:[eE][-+]?[\w.]*)?")
+_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
+_OCTAL = re.compile(r"0[0-7]*")
+_FLOAT_WORDS = ("inf", "infinity", "nan")  # protobuf's ConsumeDouble, in any case
+_BOM = "\ufeff"
 _MAX_DEPTH = 100
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "'": "'", '"': '"', "a": "\a", "b": "\b", "f": "\f",
             "v": "\v", "?": "?"}
+_HEX_DIGITS = re.compile(r"[0-9a-fA-F]{1,2}")
+_OCTAL_DIGITS = re.compile(r"[0-7]{1,3}")
+_UNICODE_ESCAPE = {"u": re.compile(r"[0-9a-fA-F]{4}"), "U": re.compile(r"00(?:0[0-9a-fA-F]|10)[0-9a-fA-F]{4}")}
 
 
 class _Token:
@@ -77,14 +92,18 @@ def _tokenize(text: str, path: str | None) -> Iterator[_Token]:
             continue
         m = match(text, pos)
         if m is None:
-            raise PrototxtSyntaxError(f"unexpected character {text[pos]!r}", path=path, line=line,
-                                      col=pos - line_start + 1)
+            raise PrototxtSyntaxError(_unexpected(text[pos], pos), path=path, line=line, col=pos - line_start + 1)
         kind = m.lastgroup
         tok = m.group(0)
-        if kind == "number" and m.end() < end and (text[m.end()].isalnum() or text[m.end()] in "_."):
-            # "12x", "1e", "1.5.3": protobuf refuses a number glued to more characters
-            bad = _NUMBER_TAIL.match(text, pos).group(0)
-            raise PrototxtSyntaxError(f"bad number {bad!r}", path=path, line=line, col=pos - line_start + 1)
+        if kind == "number":
+            if m.end() < end and (text[m.end()].isalnum() or text[m.end()] in "_."):
+                # "12x", "1e", "1.5.3": protobuf refuses a number glued to more characters
+                bad = _NUMBER_TAIL.match(text, pos).group(0)
+                raise PrototxtSyntaxError(f"bad number {bad!r}", path=path, line=line, col=pos - line_start + 1)
+            if len(tok) > 1 and tok[0] == "0" and tok[1].isdigit() and not _OCTAL.fullmatch(tok):
+                # protobuf's tokenizer: a leading zero makes an octal integer ("08", "01.5" are refused)
+                raise PrototxtSyntaxError(f"bad number {tok!r}: a number with a leading zero is octal (digits 0-7, "
+                                          "no fraction or exponent)", path=path, line=line, col=pos - line_start + 1)
         if kind == "ws":
             if tok == "\n":
                 line += 1
@@ -95,36 +114,66 @@ def _tokenize(text: str, path: str | None) -> Iterator[_Token]:
     yield _Token("eof", "", line, pos - line_start + 1)
 
 
+def _unexpected(ch: str, pos: int) -> str:
+    """The message for a character no token starts with."""
+    if ch == _BOM and pos == 0:
+        return ("unexpected character '\\ufeff': a UTF-8 byte order mark, which protobuf's text parser (and so "
+                "Caffe) refuses too; save the file without it")
+    if "\udc80" <= ch <= "\udcff":  # a byte that is not UTF-8, kept by the reader as a surrogate escape
+        return f"unexpected byte 0x{ord(ch) - 0xDC00:02x} (outside strings and comments a prototxt is ASCII)"
+    if ord(ch) > 127:
+        return f"unexpected character {ch!r} (outside strings and comments a prototxt is ASCII)"
+    return f"unexpected character {ch!r}"
+
+
 def _unescape(raw: str, tok: _Token, path: str | None) -> bytes:
+    """The bytes of a string literal, its escapes decoded as protobuf's ``ParseStringAppend`` does."""
     body = raw[1:-1]
     if "\\" not in body:
-        return body.encode("utf-8")
+        return string_bytes(body)
     out = bytearray()
     i = 0
-    while i < len(body):
+    n = len(body)
+    while i < n:
         ch = body[i]
         if ch != "\\":
-            out += ch.encode("utf-8")
-            i += 1
+            stop = body.find("\\", i)
+            stop = n if stop < 0 else stop
+            out += string_bytes(body[i:stop])
+            i = stop
             continue
         i += 1
-        if i >= len(body):
+        if i >= n:
             break
         esc = body[i]
         if esc in _ESCAPES:
             out += _ESCAPES[esc].encode()
             i += 1
         elif esc in "xX":
-            digits = re.match(r"[0-9a-fA-F]{1,2}", body[i + 1 :])
+            digits = _HEX_DIGITS.match(body, i + 1)
             if not digits:
                 raise PrototxtSyntaxError("bad \\x escape in string", path=path, line=tok.line, col=tok.col)
             out.append(int(digits.group(0), 16))
-            i += 1 + len(digits.group(0))
+            i = digits.end()
         elif esc in "01234567":
-            digits = re.match(r"[0-7]{1,3}", body[i:])
+            digits = _OCTAL_DIGITS.match(body, i)
             assert digits
-            out.append(int(digits.group(0), 8) & 0xFF)
-            i += len(digits.group(0))
+            out.append(int(digits.group(0), 8) & 0xFF)  # "\\777" is one byte, as in protobuf
+            i = digits.end()
+        elif esc in _UNICODE_ESCAPE:
+            digits = _UNICODE_ESCAPE[esc].match(body, i + 1)
+            if not digits:
+                what = "four hex digits" if esc == "u" else "eight hex digits up to 0010ffff"
+                raise PrototxtSyntaxError(f"bad \\{esc} escape in string: expected {what}", path=path, line=tok.line,
+                                          col=tok.col)
+            code = int(digits.group(0), 16)
+            i = digits.end()
+            trail = _UNICODE_ESCAPE["u"].match(body, i + 2) if body.startswith("\\u", i) else None
+            if 0xD800 <= code < 0xDC00 and trail and 0xDC00 <= int(trail.group(0), 16) < 0xE000:
+                # a UTF-16 surrogate pair in two \\u escapes is one code point
+                code = 0x10000 + ((code - 0xD800) << 10) + (int(trail.group(0), 16) - 0xDC00)
+                i = trail.end()
+            out += chr(code).encode("utf-8", "surrogatepass")  # a lone surrogate: its 3 bytes, as protobuf writes
         else:
             raise PrototxtSyntaxError(f"unknown escape \\{esc} in string", path=path, line=tok.line, col=tok.col)
     return bytes(out)
@@ -247,6 +296,7 @@ class _Parser:
 
     def scalar(self, spec: FieldSpec) -> Any:
         tok = self.next()
+        ftype = spec.type
         if spec.kind == "enum":
             assert spec.enum is not None
             if tok.kind == "ident":
@@ -257,13 +307,13 @@ class _Parser:
                         path=self.path, line=tok.line, col=tok.col,
                     )
                 return tok.text
-            if tok.kind == "number":
-                name = spec.enum.name_of(self._int(tok, spec))
+            if tok.kind == "number" or self._is_minus(tok):
+                number = self._signed_int(tok, spec, 2**31 - 1)
+                name = spec.enum.name_of(number)
                 if name is None:
-                    raise self.error(f"{tok.text} is not a value of {spec.enum.name}", tok)
+                    raise self.error(f"{number} is not a value of {spec.enum.name}", tok)
                 return name
             raise self.error(f"expected an enum name for '{spec.name}', found {tok.text!r}", tok)
-        ftype = spec.type
         if ftype in ("string", "bytes"):
             if tok.kind != "string":
                 raise self.error(f"expected a quoted string for '{spec.name}', found {tok.text!r}", tok)
@@ -271,60 +321,106 @@ class _Parser:
             while self.peek().kind == "string":  # adjacent literals concatenate
                 nxt = self.next()
                 data += _unescape(nxt.text, nxt, self.path)
-            if ftype == "bytes":
-                return data
-            try:
-                return data.decode("utf-8")
-            except UnicodeDecodeError:
-                raise self.error(f"string for '{spec.name}' is not valid UTF-8", tok) from None
+            # proto2 strings are not checked for UTF-8 (Caffe reads any bytes): kept as they are
+            return data if ftype == "bytes" else bytes_string(data)
         if ftype == "bool":
-            if tok.text in ("true", "True", "t", "1"):
+            if tok.kind == "number" and not _is_float_token(tok.text):
+                # protobuf: an integer token for a bool is 0 or 1, in any base ("0x1", "00")
+                value = _int_value(tok.text)
+                if value in (0, 1):
+                    return bool(value)
+            elif tok.text in ("true", "True", "t"):
                 return True
-            if tok.text in ("false", "False", "f", "0"):
+            elif tok.text in ("false", "False", "f"):
                 return False
             raise self.error(f"expected true or false for '{spec.name}', found {tok.text!r}", tok)
         if ftype in INT_TYPES:
-            if tok.kind != "number":
-                raise self.error(f"expected an integer for '{spec.name}', found {tok.text!r}", tok)
-            return self._int(tok, spec)
+            bits = 64 if ftype.endswith("64") else 32
+            if ftype.startswith("uint"):
+                if self._is_minus(tok):
+                    nxt = self.peek()
+                    raise self.error(f"-{nxt.text} is out of range for '{spec.name}' ({ftype}): it cannot be negative",
+                                     tok)
+                value = self._unsigned_int(tok, spec)
+                if value > 2**bits - 1:
+                    raise self.error(f"{tok.text} is out of range for '{spec.name}' ({ftype})", tok)
+                return value
+            return self._signed_int(tok, spec, 2 ** (bits - 1) - 1)
         if ftype in FLOAT_TYPES:
+            negative = self._is_minus(tok)
+            minus = tok
+            if negative:
+                tok = self.next()
+                if tok.kind not in ("number", "ident"):
+                    raise self.error(f"unexpected character '-': a number must follow it for '{spec.name}', "
+                                     f"found {tok.text!r}", minus)
             if tok.kind == "ident":
                 low = tok.text.lower()
-                if low in ("inf", "infinity", "-inf", "-infinity", "nan", "-nan"):
-                    return float(low.replace("infinity", "inf"))
+                if low not in _FLOAT_WORDS:
+                    found = ("-" if negative else "") + tok.text
+                    raise self.error(f"expected a number for '{spec.name}', found {found!r}", minus)
+                value = math.nan if low == "nan" else math.inf
+            elif tok.kind == "number":
+                value = _float_value(tok.text)
+            else:
                 raise self.error(f"expected a number for '{spec.name}', found {tok.text!r}", tok)
-            if tok.kind != "number":
-                raise self.error(f"expected a number for '{spec.name}', found {tok.text!r}", tok)
-            text = tok.text.rstrip("fF") if not tok.text.lower().startswith(("0x", "-0x", "+0x")) else tok.text
-            try:
-                if text.lower().lstrip("+-").startswith("0x"):
-                    return float(int(text, 16))
-                return float(text)
-            except ValueError:
-                raise self.error(f"bad number {tok.text!r}", tok) from None
+            return -value if negative else value
         raise AssertionError(ftype)
 
-    def _int(self, tok: _Token, spec: FieldSpec) -> int:
-        text = tok.text
+    @staticmethod
+    def _is_minus(tok: _Token) -> bool:
+        return tok.kind == "symbol" and tok.text == "-"
+
+    def _unsigned_int(self, tok: _Token, spec: FieldSpec) -> int:
+        """An integer token (decimal, hex or octal) as protobuf's ConsumeUnsignedInteger reads it."""
+        if tok.kind != "number" or _is_float_token(tok.text):
+            raise self.error(f"expected an integer for '{spec.name}', found {tok.text!r}", tok)
+        return _int_value(tok.text)
+
+    def _signed_int(self, tok: _Token, spec: FieldSpec, max_value: int) -> int:
+        """An optional minus token, then an integer token, as protobuf's ConsumeSignedInteger reads them
+        (``tok`` is the first of them, already consumed); the range is [-max_value - 1, max_value]."""
+        first = tok
+        negative = self._is_minus(tok)
+        if negative:
+            tok = self.next()
+            if tok.kind != "number":
+                raise self.error(f"unexpected character '-': an integer must follow it for '{spec.name}', "
+                                 f"found {tok.text!r}", first)
+        value = self._unsigned_int(tok, spec)
+        if value > max_value + (1 if negative else 0):
+            text = ("-" if negative else "") + tok.text
+            raise self.error(f"{text} is out of range for '{spec.name}' ({spec.type})", first)
+        return -value if negative else value
+
+
+def _is_float_token(text: str) -> bool:
+    """Whether protobuf's tokenizer makes ``text`` (a number token) a float, not an integer."""
+    if _HEX.fullmatch(text):
+        return False
+    return any(c in text for c in ".eEfF")
+
+
+def _int_value(text: str) -> int:
+    """An integer token's value: hex, octal (a leading zero) or decimal, as protobuf's ParseInteger."""
+    if _HEX.fullmatch(text):
+        return int(text, 16)
+    if len(text) > 1 and text[0] == "0":
+        return int(text, 8)
+    return int(text)
+
+
+def _float_value(text: str) -> float:
+    """A number token's value for a float field. An integer token is read as an integer, hex and octal
+    ones included (protobuf 3.0-3.x's ConsumeDouble; later releases refuse those two)."""
+    if _is_float_token(text):
+        return float(text.rstrip("fF"))  # strtod: out of range is inf
+    if _HEX.fullmatch(text) or text[0] == "0":
         try:
-            if re.fullmatch(r"[-+]?0[xX][0-9a-fA-F]+", text):
-                value = int(text, 16)
-            elif re.fullmatch(r"[-+]?0[0-7]+", text):
-                value = int(text, 8)
-            else:
-                value = int(text)
-        except ValueError:
-            raise self.error(f"expected an integer for '{spec.name}', found {text!r}", tok) from None
-        bits = 64 if spec.type.endswith("64") else 32
-        if spec.type.startswith("uint"):
-            lo, hi = 0, 2**bits - 1
-        else:
-            lo, hi = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-        if spec.kind == "enum":
-            lo, hi = -(2**31), 2**31 - 1
-        if not lo <= value <= hi:
-            raise self.error(f"{text} is out of range for '{spec.name}' ({spec.type})", tok)
-        return value
+            return float(_int_value(text))
+        except OverflowError:
+            return math.inf
+    return float(text)
 
 
 def parse_text(text: str, mtype: MessageType | str, path: str | Path | None = None) -> Message:
@@ -335,6 +431,15 @@ def parse_text(text: str, mtype: MessageType | str, path: str | Path | None = No
     msg = Message(mtype)
     object.__setattr__(msg, "_pos", (1, 1))
     parser.parse_message(msg, None, 0)
+    missing = first_missing_required(msg, mtype.name)
+    if missing is not None:
+        # protobuf's TextFormat::Parse: "Message missing required fields: ..." (Caffe then refuses the file)
+        owner, where, name = missing
+        line, col = owner.pos or (None, None)
+        raise PrototxtSyntaxError(
+            f"{owner.type_name} lacks its required field '{name}' ({where}.{name}); protobuf refuses such a file",
+            path=parser.path, line=line, col=col,
+        )
     return msg
 
 
@@ -345,7 +450,7 @@ def _format_scalar(spec: FieldSpec, value: Any) -> str:
     if spec.type == "bool":
         return "true" if value else "false"
     if spec.type in ("string", "bytes"):
-        data = value.encode("utf-8") if isinstance(value, str) else bytes(value)
+        data = string_bytes(value)
         out = []
         for byte in data:
             ch = chr(byte)

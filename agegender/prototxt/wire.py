@@ -4,6 +4,13 @@ Decoding works on any buffer (bytes, mmap, memoryview) without copying it: packe
 become numpy arrays that are *views* of the buffer, so a 500 MB caffemodel is read in the time it takes
 to touch its pages. Every length is checked against the bytes that remain before anything is allocated,
 and errors say the byte offset and the path of the message being read.
+
+What is read means what protobuf's C++ parser (Caffe's ``ReadProtoFromBinaryFile``) makes of it: a
+repeated number field packed or not, whatever its declaration; a singular field given twice keeps the
+last value, a singular message given twice is the merge of both; a field of an unknown number, or of a
+known number with another wire type than its type's, is skipped (groups included); varints are cut to
+the field's width (an int32 of ``0xFFFFFFFF`` is -1); an enum number the schema lacks leaves the field
+unset (proto2's closed enums); strings need not be UTF-8; a missing ``required`` field is refused.
 """
 
 from __future__ import annotations
@@ -14,13 +21,17 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import CaffemodelError
-from .message import Message
+from .message import Message, bytes_string, first_missing_required, string_bytes
 from .schema import FieldSpec, MessageType, caffe_schema
 
 WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_SGROUP, WIRE_EGROUP, WIRE_I32 = 0, 1, 2, 3, 4, 5
 _MAX_DEPTH = 64
 _NP_TYPES = {"float": np.dtype("<f4"), "double": np.dtype("<f8")}
 _VARINT_TYPES = {"int32", "int64", "uint32", "uint64", "bool", "sint32", "sint64"}
+_WIRE_NAMES = {WIRE_VARINT: "a varint", WIRE_I64: "8 bytes", WIRE_LEN: "length-delimited", WIRE_SGROUP: "a group",
+               WIRE_I32: "4 bytes"}
+_UNKNOWN_ENUM = object()  # convert_varint's answer for an enum number the schema lacks
+_MASK32, _MASK64 = (1 << 32) - 1, (1 << 64) - 1
 
 
 class _Chunks(list):
@@ -31,7 +42,10 @@ class _Chunks(list):
 def _chunks(values: dict, spec: FieldSpec) -> _Chunks:
     current = values.get(spec.name)
     if not isinstance(current, _Chunks):
-        current = values[spec.name] = _Chunks()
+        chunks = _Chunks()
+        if current is not None and len(current):  # a message merged into: its values come first
+            chunks.append(np.asarray(current, dtype=_NP_TYPES[spec.type]))
+        current = values[spec.name] = chunks
     return current
 
 
@@ -40,6 +54,7 @@ class _Decoder:
         self.mv = memoryview(buf).cast("B") if not isinstance(buf, memoryview) else buf.cast("B")
         self.buf = buf
         self.path = path
+        self.mismatch: str | None = None  # the first known field met with another wire type (a hint on odd files)
 
     def fail(self, message: str, offset: int, where: str) -> CaffemodelError:
         return CaffemodelError(f"{message} at byte {offset} (in {where})", path=self.path)
@@ -61,10 +76,13 @@ class _Decoder:
             if shift >= 70:
                 raise self.fail("varint longer than 10 bytes (corrupted data)", start, where)
 
-    def message(self, mtype: MessageType, pos: int, end: int, where: str, depth: int) -> Message:
+    def message(self, mtype: MessageType, pos: int, end: int, where: str, depth: int,
+                into: Message | None = None) -> Message:
+        """The message in ``[pos, end)``; decoded into ``into`` when given (protobuf's merge: that is what a
+        second occurrence of a singular message field means)."""
         if depth > _MAX_DEPTH:
             raise self.fail(f"messages nested deeper than {_MAX_DEPTH} levels", pos, where)
-        msg = Message(mtype)
+        msg = into if into is not None else Message(mtype)
         values = msg._values
         by_number = mtype.by_number
         mv = self.mv
@@ -78,11 +96,17 @@ class _Decoder:
             else:
                 key, pos = self.varint(pos, end, where)
             number, wire = key >> 3, key & 7
-            if number == 0:
-                raise self.fail("field number 0 (not a protobuf message, or corrupted data)", tag_pos, where)
+            if number == 0 or key > _MASK32:
+                raise self.fail(f"field number {number} (not a protobuf message, or corrupted data)", tag_pos, where)
             spec = by_number.get(number)
-            if spec is None:
-                pos = self.skip(wire, pos, end, where, tag_pos)
+            if spec is None or not _wire_fits(spec, wire):
+                # protobuf keeps a known number with another wire type as an unknown field: skipped
+                if spec is not None and self.mismatch is None:
+                    declared = spec.type if spec.kind == "scalar" else f"{spec.kind} {spec.type}"
+                    found = _WIRE_NAMES.get(wire, f"wire type {wire}")
+                    self.mismatch = (f"its field {number} at byte {tag_pos} is {found} but {where}.{spec.name} is "
+                                     f"declared {declared}")
+                pos = self.skip(number, wire, pos, end, where, tag_pos, depth)
                 continue
             fwhere = f"{where}.{spec.name}"
             if wire == WIRE_LEN:
@@ -99,34 +123,22 @@ class _Decoder:
                         child = self.message(spec.message, pos, stop, f"{fwhere}[{len(lst)}]", depth + 1)  # type: ignore[arg-type]
                         lst.append(child)
                     else:
-                        # proto semantics: a second occurrence merges; Caffe files never do this
-                        values[spec.name] = self.message(spec.message, pos, stop, fwhere, depth + 1)  # type: ignore[arg-type]
+                        # a second occurrence merges into the first, as protobuf's parser does
+                        values[spec.name] = self.message(spec.message, pos, stop, fwhere, depth + 1,  # type: ignore[arg-type]
+                                                         into=values.get(spec.name))
                 elif spec.type in ("string", "bytes"):
                     data = bytes(mv[pos:stop])
-                    if spec.type == "string":
-                        try:
-                            value: Any = data.decode("utf-8")
-                        except UnicodeDecodeError:
-                            raise self.fail(f"string field '{spec.name}' is not UTF-8", tag_pos, where) from None
-                    else:
-                        value = data
-                    self.put(values, spec, value)
-                elif spec.repeated:  # packed numbers
+                    # proto2 strings are not checked for UTF-8 (Caffe reads any bytes): kept as they are
+                    self.put(values, spec, bytes_string(data) if spec.type == "string" else data)
+                else:  # packed numbers (_wire_fits let only repeated ones through)
                     self.packed(values, spec, pos, stop, fwhere, tag_pos)
-                else:
-                    raise self.fail(f"field '{spec.name}' has the wrong wire type {wire}", tag_pos, where)
                 pos = stop
             elif wire == WIRE_VARINT:
-                if spec.type not in _VARINT_TYPES and spec.kind != "enum":
-                    raise self.fail(
-                        f"field '{spec.name}' ({spec.type}) has the wrong wire type {wire} "
-                        "(not this kind of file, or corrupted)", tag_pos, where,
-                    )
                 raw, pos = self.varint(pos, end, fwhere)
-                self.put(values, spec, self.convert_varint(spec, raw, tag_pos, where))
+                value = self.convert_varint(spec, raw)
+                if value is not _UNKNOWN_ENUM:
+                    self.put(values, spec, value)
             elif wire == WIRE_I32:
-                if spec.type != "float":
-                    raise self.fail(f"field '{spec.name}' ({spec.type}) has the wrong wire type 5", tag_pos, where)
                 if spec.repeated:
                     pos = self.unpacked_floats(values, spec, tag_pos, pos, end, where)
                     continue
@@ -134,15 +146,11 @@ class _Decoder:
                     raise self.fail("truncated float", tag_pos, where)
                 self.put(values, spec, struct.unpack_from("<f", mv, pos)[0])
                 pos += 4
-            elif wire == WIRE_I64:
-                if spec.type != "double":
-                    raise self.fail(f"field '{spec.name}' ({spec.type}) has the wrong wire type 1", tag_pos, where)
+            else:  # WIRE_I64, a double
                 if pos + 8 > end:
                     raise self.fail("truncated double", tag_pos, where)
                 self.put(values, spec, struct.unpack_from("<d", mv, pos)[0])
                 pos += 8
-            else:
-                raise self.fail(f"unsupported wire type {wire} for field '{spec.name}'", tag_pos, where)
         if pos != end:
             raise self.fail("message runs past its declared length", pos, where)
         for name, value in values.items():
@@ -158,22 +166,33 @@ class _Decoder:
         else:
             values.setdefault(spec.name, []).append(value)
 
-    def convert_varint(self, spec: FieldSpec, raw: int, tag_pos: int, where: str) -> Any:
-        if spec.type == "bool":
+    @staticmethod
+    def convert_varint(spec: FieldSpec, raw: int) -> Any:
+        """A varint's value for ``spec``, cut to the field's width as protobuf's C++ parser does (an int32 or
+        an enum keeps the low 32 bits); :data:`_UNKNOWN_ENUM` for an enum number the schema lacks."""
+        ftype = spec.type
+        raw &= _MASK64  # the 10th byte may carry bits past 64: dropped
+        if ftype == "bool":
             return raw != 0
-        if spec.type in ("sint32", "sint64"):
+        if ftype == "sint32":
+            raw &= _MASK32
             return (raw >> 1) ^ -(raw & 1)
-        if spec.type in ("int32", "int64") or spec.kind == "enum":
-            raw &= (1 << 64) - 1
-            value = raw - (1 << 64) if raw >= 1 << 63 else raw
+        if ftype == "sint64":
+            return (raw >> 1) ^ -(raw & 1)
+        if ftype == "uint32":
+            return raw & _MASK32
+        if ftype == "int64":
+            return raw - (1 << 64) if raw >= 1 << 63 else raw
+        if ftype == "int32" or spec.kind == "enum":
+            raw &= _MASK32
+            value = raw - (1 << 32) if raw >= 1 << 31 else raw
             if spec.kind == "enum":
                 assert spec.enum is not None
                 name = spec.enum.name_of(value)
-                if name is None:
-                    raise self.fail(f"{value} is not a value of {spec.enum.name} (field '{spec.name}')", tag_pos, where)
-                return name
+                # proto2: an unknown enum number goes to the unknown fields, the field stays unset
+                return _UNKNOWN_ENUM if name is None else name
             return value
-        return raw
+        return raw  # uint64
 
     def packed(self, values: dict, spec: FieldSpec, pos: int, stop: int, where: str, tag_pos: int) -> None:
         length = stop - pos
@@ -185,14 +204,14 @@ class _Decoder:
                     f"{dtype.itemsize}", tag_pos, where,
                 )
             arr = np.frombuffer(self.buf, dtype=dtype, count=length // dtype.itemsize, offset=pos)
-        elif spec.type in _VARINT_TYPES or spec.kind == "enum":
+        else:
             items = []
             while pos < stop:
                 raw, pos = self.varint(pos, stop, where)
-                items.append(self.convert_varint(spec, raw, tag_pos, where))
+                value = self.convert_varint(spec, raw)
+                if value is not _UNKNOWN_ENUM:
+                    items.append(value)
             arr = items  # type: ignore[assignment]
-        else:
-            raise self.fail(f"field '{spec.name}' cannot be packed", tag_pos, where)
         if spec.type in _NP_TYPES:
             _chunks(values, spec).append(arr)
         else:
@@ -225,7 +244,8 @@ class _Decoder:
         _chunks(values, spec).append(floats)
         return tag_pos + count * stride
 
-    def skip(self, wire: int, pos: int, end: int, where: str, tag_pos: int) -> int:
+    def skip(self, number: int, wire: int, pos: int, end: int, where: str, tag_pos: int, depth: int) -> int:
+        """The position after the value of an unknown field (any wire type but an end-group)."""
         if wire == WIRE_VARINT:
             _, pos = self.varint(pos, end, where)
             return pos
@@ -236,19 +256,71 @@ class _Decoder:
         elif wire == WIRE_LEN:
             length, pos = self.varint(pos, end, where)
             pos += length
+        elif wire == WIRE_SGROUP:
+            return self.skip_group(number, pos, end, where, tag_pos, depth + 1)
+        elif wire == WIRE_EGROUP:
+            raise self.fail(f"end-group tag of field {number} outside its group (corrupted data)", tag_pos, where)
         else:
             raise self.fail(f"unsupported wire type {wire} (not a protobuf message, or corrupted data)", tag_pos, where)
         if pos > end:
             raise self.fail("unknown field runs past the end of its message (truncated?)", tag_pos, where)
         return pos
 
+    def skip_group(self, number: int, pos: int, end: int, where: str, tag_pos: int, depth: int) -> int:
+        """The position after a group (wire types 3 .. 4) of field ``number`` whose start tag ends at ``pos``."""
+        if depth > _MAX_DEPTH:
+            raise self.fail(f"groups nested deeper than {_MAX_DEPTH} levels", tag_pos, where)
+        while True:
+            if pos >= end:
+                raise self.fail(f"group of field {number} not closed before the end of its message (truncated?)",
+                                tag_pos, where)
+            inner_pos = pos
+            key, pos = self.varint(pos, end, where)
+            inner, wire = key >> 3, key & 7
+            if wire == WIRE_EGROUP:
+                if inner != number:
+                    raise self.fail(f"group of field {number} closed by the end-group tag of field {inner}",
+                                    inner_pos, where)
+                return pos
+            if inner == 0 or key > _MASK32:
+                raise self.fail(f"field number {inner} (not a protobuf message, or corrupted data)", inner_pos, where)
+            pos = self.skip(inner, wire, pos, end, where, inner_pos, depth)
 
-def decode_message(buf: Any, mtype: MessageType | str, path: str | None = None) -> Message:
-    """Decode a whole buffer as one message of ``mtype``. Packed float arrays are views into ``buf``."""
+
+def _wire_fits(spec: FieldSpec, wire: int) -> bool:
+    """Whether ``wire`` is a wire type protobuf parses field ``spec`` from (a repeated number: its own type's,
+    or packed)."""
+    if wire == WIRE_LEN:
+        return spec.kind == "message" or spec.type in ("string", "bytes") or spec.repeated
+    if spec.kind == "message" or spec.type in ("string", "bytes"):
+        return False
+    if wire == WIRE_VARINT:
+        return spec.kind == "enum" or spec.type in _VARINT_TYPES
+    if wire == WIRE_I32:
+        return spec.type == "float"
+    if wire == WIRE_I64:
+        return spec.type == "double"
+    return False
+
+
+def decode_message(buf: Any, mtype: MessageType | str, path: str | None = None,
+                   notes: list[str] | None = None) -> Message:
+    """Decode a whole buffer as one message of ``mtype``. Packed float arrays are views into ``buf``.
+
+    ``notes``, when given, receives a line on the first field whose wire type did not fit its declaration
+    (skipped, as protobuf skips it): the likely reason when a file of another type decodes to nothing.
+    """
     if isinstance(mtype, str):
         mtype = caffe_schema()[mtype]
     dec = _Decoder(buf, path)
-    return dec.message(mtype, 0, len(dec.mv), mtype.name, 0)
+    msg = dec.message(mtype, 0, len(dec.mv), mtype.name, 0)
+    if notes is not None and dec.mismatch:
+        notes.append(dec.mismatch)
+    missing = first_missing_required(msg, mtype.name)
+    if missing is not None:  # protobuf's ParseFromCodedStream refuses such a message
+        owner, where, name = missing
+        raise CaffemodelError(f"{owner.type_name} lacks its required field '{name}' (in {where})", path=path)
+    return msg
 
 
 # --- encoding ----------------------------------------------------------------------------------------
@@ -327,7 +399,7 @@ def encode_parts(msg: Message, emit: Callable[[bytes | memoryview], None]) -> in
                 encode_parts(item, emit)
                 total += len(head) + size
             elif spec.type in ("string", "bytes"):
-                data = item.encode("utf-8") if isinstance(item, str) else bytes(item)
+                data = string_bytes(item)
                 head += encode_varint(len(data))
                 emit(head)
                 emit(data)

@@ -22,7 +22,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -213,18 +213,18 @@ class TrainBatches:
 
 
 def validation_batches(dataset: GPUResidentDataset, batch_size: int, test_iter: int, test_pass: int
-                 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+                       ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """The ``test_iter`` batches of validation pass ``test_pass``: Caffe's TEST data layer keeps reading
-    sequentially from where the previous test stopped, wrapping around."""
-    out = []
+    sequentially from where the previous test stopped, wrapping around. Made one at a time, as they are
+    consumed (all of them at once would hold test_iter x batch float32 crops on the device: gigabytes for
+    VGG16's 224 x 224 crops)."""
     _, height, width = dataset.image_shape
     for k in range(test_iter):
         start = (test_pass * test_iter + k) * batch_size
         indices = (start + np.arange(batch_size, dtype=np.int64)) % len(dataset)
         params = dataset.transform.sample_params(batch_size, height, width, np.random.default_rng([test_pass, k]))
         batch = dataset.batch(indices, params)
-        out.append((batch.images, batch.labels))
-    return out
+        yield batch.images, batch.labels
 
 
 # --- labels from ages -----------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ device (e.g. ``cuda:0``... ``cuda:7``; ``cpu`` works too), each process running 
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -96,7 +97,12 @@ def init_distributed(device: str | None = None) -> DistContext | None:
         target = torch.device("cpu")
         backend = "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend=backend)
+        kwargs: dict[str, Any] = {}
+        if use_cuda and "device_id" in inspect.signature(dist.init_process_group).parameters:
+            # binds the NCCL communicator to this GPU at once (torch >= 2.3): barrier() and the object
+            # collectives then never guess the device
+            kwargs["device_id"] = target
+        dist.init_process_group(backend=backend, **kwargs)
     log.info("process %d of %d (%s, %s)", rank, world_size, backend, target)
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, backend=backend, device=target)
 
@@ -123,21 +129,29 @@ def assign_to_devices(count: int, devices: Sequence[str]) -> list[list[int]]:
 
 def _device_worker(fn: Callable[[J, str], R], device: str, jobs: list[tuple[int, J]], threads: int
                    ) -> list[tuple[int, R]]:
-    if device.startswith("cpu"):
-        torch.set_num_threads(max(1, threads))
-    elif device.startswith("cuda"):
+    # every worker gets its share of the cores: GPU workers too do host work (fillers, crops, decoding), and
+    # 8 of them with a full thread pool each would oversubscribe the CPU
+    torch.set_num_threads(max(1, threads))
+    if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     return [(index, fn(job, device)) for index, job in jobs]
+
+
+def _usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def run_on_devices(fn: Callable[[J, str], R], jobs: Sequence[J], devices: Sequence[str]) -> list[R]:
     """``[fn(job, device) ...]`` for every job, the jobs spread round robin over ``devices``, one spawned
     process per device running its jobs in order; results in job order. ``fn`` and the jobs must be
-    picklable (a module-level function, dataclasses). CPU "devices" share the cores evenly."""
+    picklable (a module-level function, dataclasses). The worker processes share the cores evenly."""
     devices = list(devices)
     shares = assign_to_devices(len(jobs), devices)
-    cpu_workers = sum(1 for d, share in zip(devices, shares) if share and d.startswith("cpu"))
-    threads = max(1, (os.cpu_count() or 1) // max(cpu_workers, 1))
+    workers = sum(1 for share in shares if share)
+    threads = max(1, _usable_cores() // max(workers, 1))
     results: dict[int, R] = {}
     import multiprocessing
 

@@ -37,6 +37,7 @@ import torch
 
 from ..caffe2torch.net import CaffeNet
 from ..errors import TrainingError
+from ..evaluation.engines import backend_flags
 from . import checkpoint as ckpt
 from .data import TrainBatches, validation_batches
 from .logs import CSVLog, CURVE_PNG, TRAIN_LOG, VAL_LOG, TensorBoardLog, plot_training_curve, read_csv_rows
@@ -47,6 +48,7 @@ from .trainable import accuracy_tops, copy_weights, data_inputs, loss_terms
 log = logging.getLogger(__name__)
 
 PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "bf16")
+COMPILE_GRAPH_MODES = frozenset({"reduce-overhead", "max-autotune"})  # torch.compile modes that make CUDA graphs
 TRAIN_ACCURACY = "train_accuracy"
 
 
@@ -56,7 +58,9 @@ class TrainOptions:
 
     ``device`` None takes CUDA when available. ``precision``: ``fp32`` (exact float32, TF32 off), ``tf32``
     (TF32 matmuls and convolutions on CUDA) or ``bf16`` (autocast; weights, gradients and the update stay
-    float32). ``cuda_graphs`` None captures the step on CUDA when not running distributed. ``static_step``
+    float32). ``cuda_graphs`` None captures the step on CUDA when not running distributed (and not when
+    ``compile_mode`` is ``reduce-overhead``/``max-autotune`` or ``compile_backend`` ``cudagraphs``: then
+    torch.compile's own CUDA graphs serve, each step marked for them). ``static_step``
     runs the captured step function without capture (what CUDA runs, on any device; for tests).
     ``log_every`` None: the solver's ``display`` (20 when it is 0). ``keep_checkpoints`` newest are kept
     (0: all). ``snapshot_caffemodel`` also writes ``iter_N.caffemodel`` beside each checkpoint, as Caffe does.
@@ -329,9 +333,20 @@ class Trainer:
         return make
 
     def _use_graphs(self) -> bool:
+        """Whether the step is captured as one CUDA graph here: on CUDA, not distributed, not turned off,
+        and not when ``torch.compile`` makes CUDA graphs itself (mode ``reduce-overhead``/``max-autotune``,
+        backend ``cudagraphs``: capturing those inside our capture fails)."""
         if self.device.type != "cuda" or self.dist is not None:
             return False
+        if self._compile_graphs():
+            return False
         return self.options.cuda_graphs is not False
+
+    def _compile_graphs(self) -> bool:
+        """``torch.compile`` with CUDA graphs of its own (cudagraph trees)."""
+        o = self.options
+        return bool(o.compile) and self.device.type == "cuda" and (
+            o.compile_mode in COMPILE_GRAPH_MODES or o.compile_backend == "cudagraphs")
 
     def _setup(self) -> None:
         net = self.net.to(self.device)
@@ -345,7 +360,10 @@ class Trainer:
         if self.dist is not None:
             from torch.nn.parallel import DistributedDataParallel
 
-            model = DistributedDataParallel(net, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            # a single-device module: device_ids names its GPU (None when the device has no index: DDP then
+            # takes the module's own device; [None] would fail)
+            cuda_index = self.device.index if self.device.type == "cuda" else None
+            model = DistributedDataParallel(net, device_ids=[cuda_index] if cuda_index is not None else None)
         if self.options.compile:
             model = torch.compile(model, backend=self.options.compile_backend, mode=self.options.compile_mode)
         self.model = model
@@ -392,20 +410,10 @@ class Trainer:
         self.step_fn()
         return self.step_fn.out
 
-    @contextlib.contextmanager
-    def _backend_flags(self):
-        """cuDNN autotuning and the TF32 setting of ``precision`` for the run, restored afterwards."""
-        if self.device.type != "cuda":
-            yield
-            return
-        tf32 = self.options.precision in ("tf32", "bf16")
-        matmul = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = tf32
-        try:
-            with torch.backends.cudnn.flags(enabled=True, benchmark=True, allow_tf32=tf32):
-                yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = matmul
+    def _backend_flags(self) -> contextlib.AbstractContextManager:
+        """cuDNN autotuning and the TF32 setting of ``precision`` for the run, restored afterwards (on CUDA;
+        :func:`~agegender.evaluation.engines.backend_flags`)."""
+        return backend_flags(self.device, tf32=self.options.precision in ("tf32", "bf16"), benchmark=True)
 
     # --- the run --------------------------------------------------------------------------------------
     def run(self, resume: str | Path | None = None) -> TrainResult:
@@ -488,6 +496,7 @@ class Trainer:
                 validations.append(self._validate(iteration))
                 val_seconds += time.perf_counter() - began
 
+        mark_step = getattr(torch.compiler, "cudagraph_mark_step_begin", None) if self._compile_graphs() else None
         with self._signals():
             it = start
             while it < solver.max_iter:
@@ -495,6 +504,8 @@ class Trainer:
                     validate(it)
                 lr = self.schedule.rate(it)
                 self.optimizer.set_rate(lr)
+                if mark_step is not None:
+                    mark_step()  # a new iteration for torch.compile's CUDA graphs (the last one's outputs are read)
                 out = self._static_step(it) if self.step_fn is not None else self._plain_step(it)
                 buffer[len(pending)].copy_(out)
                 pending.append((it, lr))
@@ -687,5 +698,5 @@ def _to_cpu(value: Any) -> Any:
     return value
 
 
-__all__ = ["IterationRecord", "PRECISIONS", "StepFunction", "TrainOptions", "TrainResult", "Trainer",
+__all__ = ["COMPILE_GRAPH_MODES", "IterationRecord", "PRECISIONS", "StepFunction", "TrainOptions", "TrainResult", "Trainer",
            "TrainerCallback", "forward_backward"]

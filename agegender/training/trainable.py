@@ -110,8 +110,9 @@ def loss_terms(net: CaffeNet) -> list[LossTerm]:
 
 
 def accuracy_tops(net: CaffeNet) -> list[str]:
-    """The tops of the net's Accuracy layers (reported, not optimised)."""
-    return [top for layer in net.ir.layers if layer.type == "Accuracy" for top in layer.tops]
+    """The accuracy tops of the net's Accuracy layers (reported, not optimised); an optional second top
+    holds per-class accuracies and is not reported."""
+    return [layer.tops[0] for layer in net.ir.layers if layer.type == "Accuracy" and layer.tops]
 
 
 def data_inputs(net: CaffeNet) -> tuple[str, str]:

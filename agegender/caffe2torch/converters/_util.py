@@ -36,7 +36,7 @@ def spatial_values(
             raise layer.error(f"{h_name}/{w_name} can only be used for 2-D blobs")
         if not (param.has(h_name) and param.has(w_name)) and name == "kernel_size":
             raise layer.error("kernel_h and kernel_w must be given together")
-        if name != "kernel_size" and (param.has(name) and len(getattr(param, name)) > 0):
+        if len(getattr(param, name)) > 0:  # BaseConvolutionLayer: CHECK_EQ(0, kernel_size_size()) etc.
             raise layer.error(f"give either {name} or {h_name}/{w_name}, not both")
         return [int(getattr(param, h_name)), int(getattr(param, w_name))]
     values = list(getattr(param, name))
@@ -78,5 +78,12 @@ def check_bottoms(layer: LayerIR, shapes: list[Shape], n: int | tuple[int, int])
         raise layer.error(f"expects {want} bottom blob(s), got {len(shapes)}")
 
 
+def refuse_in_place(layer: LayerIR) -> None:
+    """The CHECK of Caffe's Flatten, Reshape and Split layers: "Layer does not allow in-place computation"."""
+    if any(top in layer.bottoms for top in layer.tops):
+        raise layer.error("does not allow in-place computation (Caffe refuses it too)",
+                          hint="give the top a name of its own")
+
+
 __all__ = ["MAX_BLOB_COUNT", "NetDefinitionError", "canonical_axis", "check_blob_shape", "check_bottoms", "count",
-           "empty_param", "spatial_values"]
+           "empty_param", "refuse_in_place", "spatial_values"]

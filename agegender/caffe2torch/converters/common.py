@@ -8,7 +8,7 @@ from torch import nn
 
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
-from ._util import canonical_axis, check_bottoms, count, empty_param
+from ._util import canonical_axis, check_bottoms, count, empty_param, refuse_in_place
 
 
 class InnerProduct(nn.Module):
@@ -61,8 +61,10 @@ def convert_relu(layer: LayerIR, shapes: list[Shape]) -> Converted:
 def convert_dropout(layer: LayerIR, shapes: list[Shape]) -> Converted:
     check_bottoms(layer, shapes, 1)
     ratio = float(layer.param.dropout_param.dropout_ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise layer.error(f"dropout_ratio must be in [0, 1), got {ratio}")
+    # DropoutLayer only DCHECKs 0 < ratio < 1 (not in a release build): 0 and 1 load, and at test time the
+    # layer is the identity whatever the ratio; outside [0, 1] its Bernoulli draw CHECK-fails when training
+    if not 0.0 <= ratio <= 1.0:
+        raise layer.error(f"dropout_ratio must be in [0, 1], got {ratio}")
     # Caffe scales kept units by 1/(1-p) while training and is the identity at test time, as torch does
     return Converted(nn.Dropout(ratio), [shapes[0]])
 
@@ -106,18 +108,20 @@ def convert_concat(layer: LayerIR, shapes: list[Shape]) -> Converted:
 
 
 class Split(nn.Module):
-    """Caffe's Split: every top is the bottom (gradients add up in backward, as autograd does)."""
+    """Caffe's Split: every top is the bottom (gradients add up in backward, as autograd does). With one
+    top (Caffe allows it) the blob itself, not a 1-tuple: the net binds a lone top to the module's output."""
 
     def __init__(self, n: int) -> None:
         super().__init__()
         self.n = n
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return (x,) * self.n
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        return x if self.n == 1 else (x,) * self.n
 
 
 @register("Split")
 def convert_split(layer: LayerIR, shapes: list[Shape]) -> Converted:
     check_bottoms(layer, shapes, 1)
+    refuse_in_place(layer)
     n = len(layer.tops)
     return Converted(Split(n), [shapes[0]] * n)

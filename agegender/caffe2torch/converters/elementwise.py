@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -46,8 +47,10 @@ def convert_eltwise(layer: LayerIR, shapes: list[Shape]) -> Converted:
     coeffs = [float(c) for c in p.coeff]
     if coeffs and len(coeffs) != len(shapes):
         raise layer.error(f"{len(coeffs)} coeff values for {len(shapes)} bottoms: give one per bottom or none")
-    if coeffs and p.operation != "SUM":
-        raise layer.error(f"coeff is only used by SUM, not {p.operation}")
+    if coeffs and p.operation == "PROD":  # EltwiseLayer refuses them for PROD only; MAX ignores them
+        raise layer.error("coeff is only used by SUM, not PROD")
+    if p.operation != "SUM":
+        coeffs = []
     for i, shape in enumerate(shapes[1:], 1):
         if tuple(shape) != tuple(shapes[0]):
             raise layer.error(f"bottom {i} has shape {list(shape)}, bottom 0 has {list(shapes[0])}: they must match")
@@ -215,10 +218,10 @@ def convert_exp(layer: LayerIR, shapes: list[Shape]) -> Converted:
     p = layer.param.exp_param
     base, scale, shift = float(p.base), float(p.scale), float(p.shift)
     log_base = _log_base(layer, base)
-    # Caffe before 2016 computed pow(-1, shift) here for base e (a bug it later fixed): we use e ** shift
-    outer = 1.0 if shift == 0.0 else math.exp(log_base * shift)
-    if not math.isfinite(outer):
-        raise layer.error(f"base ** shift = {base} ** {shift} is not finite")
+    # Caffe before 2016 computed pow(-1, shift) here for base e (a bug it later fixed): we use e ** shift.
+    # ExpLayer does not check this float: an overflow to inf gives inf (or NaN) outputs, not an error
+    with np.errstate(over="ignore"):
+        outer = 1.0 if shift == 0.0 else float(np.float32(np.exp(np.float64(log_base * shift))))
     return _neuron(layer, shapes, Exp(log_base * scale, outer))
 
 

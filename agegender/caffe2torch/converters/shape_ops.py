@@ -13,7 +13,7 @@ from torch import nn
 
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
-from ._util import canonical_axis, check_bottoms, count
+from ._util import canonical_axis, check_bottoms, count, refuse_in_place
 
 
 # --- Flatten --------------------------------------------------------------------------------------
@@ -34,6 +34,7 @@ class Flatten(nn.Module):
 @register("Flatten")
 def convert_flatten(layer: LayerIR, shapes: list[Shape]) -> Converted:
     check_bottoms(layer, shapes, 1)
+    refuse_in_place(layer)
     shape = shapes[0]
     p = layer.param.flatten_param
     axis = canonical_axis(layer, int(p.axis), len(shape))
@@ -92,6 +93,7 @@ class Reshape(nn.Module):
 @register("Reshape")
 def convert_reshape(layer: LayerIR, shapes: list[Shape]) -> Converted:
     check_bottoms(layer, shapes, 1)
+    refuse_in_place(layer)
     shape = shapes[0]
     start, end, dims = reshape_spec(layer, len(shape))
     target = reshape_target(shape, start, end, dims)
@@ -117,7 +119,9 @@ class Slice(nn.Module):
     def extra_repr(self) -> str:
         return f"axis={self.axis}, " + (f"slice_point={list(self.points)}" if self.points else f"{self.n} equal parts")
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if self.n == 1:  # one top: Caffe shares the bottom's data; a lone top is bound to the output itself
+            return x
         if not self.points:
             return tuple(torch.chunk(x, self.n, dim=self.axis))
         bounds = (0, *self.points, None)
@@ -180,8 +184,9 @@ class Crop(nn.Module):
 def convert_crop(layer: LayerIR, shapes: list[Shape]) -> Converted:
     check_bottoms(layer, shapes, 2)
     shape, like = shapes
-    if len(shape) != len(like):
-        raise layer.error(f"bottoms {list(shape)} and {list(like)} must have the same number of axes")
+    # CropLayer reads bottom[1]'s axes up to bottom[0]'s count: extra trailing axes are not used
+    if len(like) < len(shape):
+        raise layer.error(f"the reference bottom {list(like)} has fewer axes than the cropped one {list(shape)}")
     p = layer.param.crop_param
     axis = canonical_axis(layer, int(p.axis), len(shape))
     given = [int(v) for v in p.offset]
@@ -193,7 +198,7 @@ def convert_crop(layer: LayerIR, shapes: list[Shape]) -> Converted:
         a = axis + i
         if shape[a] - offset < like[a]:
             raise layer.error(f"crop of axis {a} to {like[a]} from offset {offset} runs past its size {shape[a]}")
-    out = (*shape[:axis], *like[axis:])
+    out = (*shape[:axis], *like[axis:len(shape)])
     return Converted(Crop(axis, offsets), [out])
 
 

@@ -6,12 +6,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...prototxt.message import Message
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
 from ._util import NetDefinitionError, check_blob_shape, check_bottoms, spatial_values
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
+FLT_MIN = float(torch.finfo(torch.float32).tiny)  # C's FLT_MIN, the smallest normal float
 
 
 def _uninitialised(module_cls: type[nn.Module], *args, **kwargs) -> nn.Module:
@@ -124,7 +126,8 @@ class CaffePooling(nn.Module):
     when its windows and divisors equal Caffe's (the usual case); other cases (padding over half the
     kernel, a last window starting past the input) use an explicit padded form that reproduces Caffe
     exactly: MAX ignores padding, AVE divides by the window clipped to the padded input (Caffe's
-    ``pool_size``), STOCHASTIC at test time is the activation-weighted mean sum(x^2)/sum(x).
+    ``pool_size``), STOCHASTIC at test time is the activation-weighted mean sum(x^2) / (FLT_MIN + sum(x))
+    (Caffe's StoPoolForwardTest starts its sum at FLT_MIN: a window of zeros, or one past the input, gives 0).
     """
 
     def __init__(self, method: str, kernel: tuple[int, int] | None, stride: tuple[int, int],
@@ -181,7 +184,18 @@ class CaffePooling(nn.Module):
                 ends = torch.clamp(starts + kernel[axis], max=in_size[axis] + self.pad[axis])
                 sizes.append((ends - starts).to(x.dtype))
             return window_sum(x) / (sizes[0][:, None] * sizes[1][None, :])
-        return window_sum(x * x) / window_sum(x)
+        return window_sum(x * x) / (window_sum(x) + FLT_MIN)
+
+
+def _pool_pair(layer: LayerIR, p: Message, name: str) -> tuple[int, int]:
+    """Pooling's ``pad``/``stride``: one value, or ``name_h`` and ``name_w`` together (PoolingLayer's
+    LayerSetUp CHECKs "pad is pad OR pad_h and pad_w are required", and the same for stride)."""
+    h_name, w_name = f"{name}_h", f"{name}_w"
+    if p.has(h_name) or p.has(w_name):
+        if p.has(name) or not (p.has(h_name) and p.has(w_name)):
+            raise layer.error(f"give either {name} or both {h_name} and {w_name}")
+        return int(getattr(p, h_name)), int(getattr(p, w_name))
+    return int(getattr(p, name)), int(getattr(p, name))
 
 
 @register("Pooling")
@@ -199,14 +213,15 @@ def convert_pooling(layer: LayerIR, shapes: list[Shape]) -> Converted:
     elif p.has("kernel_h") or p.has("kernel_w"):
         if not (p.has("kernel_h") and p.has("kernel_w")):
             raise layer.error("kernel_h and kernel_w must be given together")
+        if p.has("kernel_size"):
+            raise layer.error("give either kernel_size or kernel_h/kernel_w, not both")
         kernel = (int(p.kernel_h), int(p.kernel_w))
     elif p.has("kernel_size"):
         kernel = (int(p.kernel_size), int(p.kernel_size))
     else:
         raise layer.error("pooling_param needs kernel_size (or kernel_h/kernel_w, or global_pooling)")
-    pad = (int(p.pad_h), int(p.pad_w)) if (p.has("pad_h") or p.has("pad_w")) else (int(p.pad), int(p.pad))
-    stride = (int(p.stride_h), int(p.stride_w)) if (p.has("stride_h") or p.has("stride_w")) else (
-        int(p.stride), int(p.stride))
+    pad = _pool_pair(layer, p, "pad")
+    stride = _pool_pair(layer, p, "stride")
     if p.global_pooling and (pad != (0, 0) or stride != (1, 1)):
         raise layer.error("global pooling needs pad 0 and stride 1")
     if min(kernel) <= 0 or min(stride) <= 0:
