@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from agegender.caffe2torch import CaffeNet
 
 ARCHS = common.ARCHS
-VARIANTS = ("nchw", "jit_freeze", "relu_inplace", "compile")
+VARIANTS = ("nchw", "jit_freeze", "relu_out_of_place", "compile")
 INPUT_SCALE = 50.0  # about the spread of mean-subtracted 0..255 pixels
 LOGIT_TOLERANCE = 1e-4  # relative to the blob's largest magnitude (OpenCV vs Caffe: 1.7e-5, see shared README)
 GOAL_RATIO = 1.0
@@ -93,7 +93,6 @@ def _clone(net: CaffeNet, deploy: Path, channels_last: bool = True) -> CaffeNet:
 def _make_variant(name: str, net: CaffeNet, deploy: Path, example: Any) -> Callable[[Any], tuple]:
     """A callable running our net one way (see VARIANTS); returns a tuple of outputs like ``net``."""
     import torch
-    from torch import nn
 
     def as_tuple(out):
         return out if isinstance(out, tuple) else (out,)
@@ -103,11 +102,9 @@ def _make_variant(name: str, net: CaffeNet, deploy: Path, example: Any) -> Calla
     if name == "nchw":  # the plain layout: load(..., channels_last=False)
         model = _clone(net, deploy, channels_last=False)
         return lambda x: as_tuple(model(x))
-    if name == "relu_inplace":
+    if name == "relu_out_of_place":  # the default overwrites a Convolution's (...) output in place at inference
         model = _clone(net, deploy)
-        for module in model.modules():
-            if isinstance(module, (nn.ReLU, nn.LeakyReLU)):
-                module.inplace = True
+        model._relu_in_place = set()
         return lambda x: as_tuple(model(x))
     if name == "jit_freeze":
         with torch.no_grad():

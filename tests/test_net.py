@@ -191,3 +191,40 @@ def test_safetensors_files_of_the_same_net_are_identical(tmp_path: Path) -> None
     x = torch.randn(1, 3, 9, 9, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(other(x), net(x))
+
+
+INPLACE = """
+name: "inplace"
+input: "data"
+input_shape { dim: 2 dim: 3 dim: 8 dim: 8 }
+layer { name: "relu0" type: "ReLU" bottom: "data" top: "data" }
+layer { name: "conv1" type: "Convolution" bottom: "data" top: "conv1"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu1" type: "ReLU" bottom: "conv1" top: "conv1" }
+layer { name: "drop1" type: "Dropout" bottom: "conv1" top: "conv1" }
+layer { name: "relu2" type: "ReLU" bottom: "conv1" top: "conv1" relu_param { negative_slope: 0.1 } }
+layer { name: "conv2" type: "Convolution" bottom: "conv1" top: "conv2"
+        convolution_param { num_output: 4 kernel_size: 3 } }
+layer { name: "relu3" type: "ReLU" bottom: "conv2" top: "conv2" relu_param { negative_slope: 0.1 } }
+layer { name: "relu4" type: "ReLU" bottom: "conv2" top: "relu4" }
+"""
+
+
+def test_in_place_relus_at_inference_overwrite_only_fresh_blobs() -> None:
+    """Without autograd, a ReLU Caffe runs in place writes over its bottom when that bottom is a new tensor
+    of a Convolution (and the like): same values as the out-of-place path, the caller's input untouched."""
+    net = tiny_net(text=INPLACE)
+    steps = {net._plan[i][0] for i in net._relu_in_place}
+    assert steps == {"relu1", "relu3"}  # not after the input, not after Dropout (identity), not out of place
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    given = x.clone()
+    with torch.enable_grad():
+        reference, recorded = net.run(x, record_layers=True)
+    with torch.inference_mode():
+        fast, _ = net.run(x)
+    assert torch.equal(x, given)
+    assert set(fast) == set(reference)
+    for name in reference:
+        assert torch.equal(fast[name], reference[name].detach()), name
+    # the layers' own outputs are still recorded before later in-place layers change them
+    assert (recorded["conv1"][0] < 0).any() and (reference["conv1"] >= 0).all()

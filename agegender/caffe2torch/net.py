@@ -96,6 +96,9 @@ class CaffeNet(nn.Module):
         self.input_names: list[str] = []
         self.layer_info: list[LayerInfo] = []
         self._plan: list[tuple[str, tuple[str, ...], tuple[str, ...]]] = []
+        # plan steps whose ReLU may overwrite its bottom when no gradient is recorded (see _relu_in_place)
+        self._relu_in_place: set[int] = set()
+        last_writer: dict[str, str] = {}
         taken: set[str] = set()
         check_in_place(ir)
         for layer in ir.layers:
@@ -129,7 +132,12 @@ class CaffeNet(nn.Module):
                 assert converted.module is not None
                 module_name = _module_key(layer.name, taken, self)
                 self.add_module(module_name, converted.module)
+                if (layer.type == "ReLU" and tuple(layer.tops) == tuple(layer.bottoms)
+                        and last_writer.get(layer.bottoms[0]) in _FRESH_OUTPUT_TYPES):
+                    self._relu_in_place.add(len(self._plan))
                 self._plan.append((module_name, tuple(layer.bottoms), tuple(layer.tops)))
+            for top in layer.tops:
+                last_writer[top] = layer.type
             for top, shape in zip(layer.tops, out_shapes):
                 try:
                     check_blob_shape(tuple(shape), f"top blob '{top}'")
@@ -205,12 +213,16 @@ class CaffeNet(nn.Module):
                      for k, v in blobs.items()}
         layer_outputs: dict[str, list[torch.Tensor]] = {}
         modules = self._modules
-        for key, bottoms, tops in self._plan:
+        in_place = self._relu_in_place if not record_layers and not torch.is_grad_enabled() else ()
+        for step, (key, bottoms, tops) in enumerate(self._plan):
             try:
                 inputs = [blobs[b] for b in bottoms]
             except KeyError as exc:
                 raise TypeError(f"input blob {exc.args[0]!r} was not given (inputs: {self.input_names})") from None
-            out = modules[key](*inputs)  # type: ignore[misc]
+            if step in in_place:
+                out = _relu_in_place(modules[key], inputs[0])
+            else:
+                out = modules[key](*inputs)  # type: ignore[misc]
             outs = (out,) if len(tops) == 1 else tuple(out)
             for top, value in zip(tops, outs):
                 blobs[top] = value
@@ -236,6 +248,22 @@ class CaffeNet(nn.Module):
         if len(self.output_names) == 1:
             return blobs[self.output_names[0]]
         return tuple(blobs[name] for name in self.output_names)
+
+
+# Layers whose module always returns a new tensor: an in-place ReLU after one of them overwrites no tensor
+# the caller or another blob holds (Caffe refuses in-place layers on blobs others read: check_in_place)
+_FRESH_OUTPUT_TYPES = frozenset({"Convolution", "Deconvolution", "InnerProduct", "Pooling", "LRN", "BatchNorm",
+                                 "Scale"})
+
+
+def _relu_in_place(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Caffe's in-place ReLU without a new blob: at inference, writing over the bottom saves allocating
+    (and first touching) a blob as large as it, about a fifth of VGG16's CPU forward."""
+    if type(module) is nn.LeakyReLU:
+        return nn.functional.leaky_relu(x, module.negative_slope, inplace=True)
+    if type(module) is nn.ReLU:
+        return torch.relu_(x)
+    return module(x)  # replaced by the user: leave it alone
 
 
 @contextlib.contextmanager
