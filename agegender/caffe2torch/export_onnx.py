@@ -78,7 +78,8 @@ from torch import nn
 from .. import __version__
 from .._atomic import atomic_write
 from ..errors import AgegenderError, ParityError, UnsupportedLayerError
-from .converters.vision import FLT_MIN, CaffePooling, LRNWithinChannel, caffe_pooled_size
+from .converters._util import FLT_MIN
+from .converters.vision import CaffePooling, LRNWithinChannel, caffe_pooled_size
 from .net import CaffeNet, eval_mode
 from .parity import ParityReport, _argmax_equal, _blob_parity, _report, seeded_inputs
 

@@ -213,7 +213,7 @@ class OnnxEngine:
 
         import onnxruntime as ort
 
-        from ..caffe2torch.export_onnx import export_onnx, ort_providers, ort_session
+        from ..caffe2torch.export_onnx import ort_providers
 
         if (net is None) == (onnx_path is None):
             raise AgegenderError("give the net or an ONNX file, not both")
@@ -231,7 +231,7 @@ class OnnxEngine:
         requested = [p if isinstance(p, str) else p[0] for p in providers]
         with warnings.catch_warnings():  # onnxruntime's "not in available provider names": said below, clearer
             warnings.filterwarnings("ignore", message=".*provider.*", category=UserWarning)
-            self._open(net, onnx_path, blob, providers, threads, export_onnx, ort_session)
+            self._open(net, onnx_path, blob, providers, threads)
         running = list(self.session.get_providers())
         missing = [p for p in requested if p not in running]
         self.fallback: str | None = None
@@ -257,7 +257,10 @@ class OnnxEngine:
             self.name += f" (fallback: {', '.join(missing)} unavailable)"
 
     def _open(self, net: CaffeNet | None, onnx_path: str | Path | None, blob: str | None, providers: list | None,
-              threads: int | None, export_onnx: Callable, ort_session: Callable) -> None:
+              threads: int | None) -> None:
+        """The ONNX Runtime session (:attr:`session`) and the probability output (:attr:`output`)."""
+        from ..caffe2torch.export_onnx import export_onnx, ort_session
+
         if net is not None:
             self.output = probability_blob(net, blob)
             if self.output.apply_softmax:

@@ -481,7 +481,7 @@ class CaffeTransform:
         """C x h x w of one transformed image."""
         return (int(channels), *self.crop_shape(height, width))
 
-    def check_input(self, channels: int, height: int, width: int, *, from_mat: bool = False) -> None:
+    def check_input(self, channels: int, height: int, width: int) -> None:
         """Refuse what Caffe's CHECKs refuse: a crop larger than the images, a mean image of another
         C x H x W than the images (as Caffe reads the blob: a 3-axis BlobShape is channels x height x 1
         to it), per-channel mean values neither one nor one per channel."""
@@ -599,7 +599,7 @@ class CaffeTransform:
         """``out[i] = transform(batch[sample[i]])`` with ``params[i]``; ``from_mat``: Caffe's cv::Mat path
         (see the class docstring)."""
         _, channels, height, width = batch.shape
-        self.check_input(channels, height, width, from_mat=from_mat)
+        self.check_input(channels, height, width)
         crop_h, crop_w = self.crop_shape(height, width)
         params = _checked_params(params, sample.shape[0], height - crop_h, width - crop_w)
         mean_params = params

@@ -78,6 +78,9 @@ def check_bottoms(layer: LayerIR, shapes: list[Shape], n: int | tuple[int, int])
         raise layer.error(f"expects {want} bottom blob(s), got {len(shapes)}")
 
 
+FLT_MIN = float(torch.finfo(torch.float32).tiny)  # C's FLT_MIN, the smallest normal float
+
+
 def refuse_in_place(layer: LayerIR) -> None:
     """The CHECK of Caffe's Flatten, Reshape and Split layers: "Layer does not allow in-place computation"."""
     if any(top in layer.bottoms for top in layer.tops):
@@ -85,5 +88,5 @@ def refuse_in_place(layer: LayerIR) -> None:
                           hint="give the top a name of its own")
 
 
-__all__ = ["MAX_BLOB_COUNT", "NetDefinitionError", "canonical_axis", "check_blob_shape", "check_bottoms", "count",
+__all__ = ["FLT_MIN", "MAX_BLOB_COUNT", "NetDefinitionError", "canonical_axis", "check_blob_shape", "check_bottoms", "count",
            "empty_param", "refuse_in_place", "spatial_values"]

@@ -12,10 +12,9 @@ from torch import nn
 
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
-from ._util import canonical_axis, check_bottoms, count
+from ._util import FLT_MIN, canonical_axis, check_bottoms, count
 
-_FLT_MIN = torch.finfo(torch.float32).tiny
-_LOG_FLT_MIN = math.log(_FLT_MIN)  # a Python float: no tensor op (and no torch.compile graph break) per call
+_LOG_FLT_MIN = math.log(FLT_MIN)  # a Python float: no tensor op (and no torch.compile graph break) per call
 
 
 def _labels(layer: LayerIR, shapes: list[Shape], axis: int) -> None:

@@ -9,11 +9,10 @@ from torch import nn
 from ...prototxt.message import Message
 from ..ir import LayerIR, Shape
 from ..registry import Converted, register
-from ._util import NetDefinitionError, check_blob_shape, check_bottoms, spatial_values
+from ._util import FLT_MIN, NetDefinitionError, check_blob_shape, check_bottoms, spatial_values
 
 _CONV = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
 _DECONV = {1: nn.ConvTranspose1d, 2: nn.ConvTranspose2d, 3: nn.ConvTranspose3d}
-FLT_MIN = float(torch.finfo(torch.float32).tiny)  # C's FLT_MIN, the smallest normal float
 
 
 def _uninitialised(module_cls: type[nn.Module], *args, **kwargs) -> nn.Module:
